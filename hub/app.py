@@ -1,0 +1,158 @@
+"""`fedhub up`: run a federated hub on this machine.
+
+Prepares the data dir (catalogue, secrets, stable ports), validates the catalogue,
+prints where to log in, then becomes JupyterHub (exec), which starts
+configurable-http-proxy, the fedhub API and MLflow services. Ctrl-C reaches JupyterHub
+directly, which stops everything it started. Running `fedhub up` again with the same
+data dir reuses users, sessions' records and MLflow runs.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import secrets
+import shutil
+import socket
+import sys
+from pathlib import Path
+
+from traitlets import Bool, Int, List, Unicode, default
+from traitlets.config import Application
+
+from .catalogue import DEFAULT_CATALOGUE_YAML, CatalogueError, catalogue_from_dict, read_yaml
+
+PORT_NAMES = ("hub", "proxy_api", "fedhub_api", "mlflow", "mlflow_internal")
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def find_proxy() -> str | None:
+    """configurable-http-proxy from PATH, or the repo's node_modules (editable installs)."""
+    found = shutil.which("configurable-http-proxy")
+    if found:
+        return found
+    for base in (Path(__file__).resolve().parents[1], Path.cwd()):
+        candidate = base / "node_modules" / ".bin" / "configurable-http-proxy"
+        if candidate.exists():
+            return str(candidate)
+    return None
+
+
+class FedhubUp(Application):
+    name = "fedhub up"
+    description = __doc__
+
+    ip = Unicode("127.0.0.1", config=True, help="Address the hub's public proxy listens on.")
+    port = Int(8000, config=True, help="Port the hub's public proxy listens on.")
+    data_dir = Unicode(config=True, help="Folder holding all of fedhub's state (databases, homes, secrets).")
+    catalogue_file = Unicode(
+        "", config=True,
+        help="Site catalogue YAML. Default: sites.yaml in the data dir, created on first run.")
+    config_file = Unicode(
+        "", config=True,
+        help="Extra jupyterhub_config.py loaded last. Default: jupyterhub_config.py in the data dir, if present.")
+    mlflow = Bool(True, config=True, help="Run MLflow as a hub service at /services/mlflow/.")
+    keep_servers = Bool(
+        False, config=True,
+        help="Leave single-user servers running when the hub stops, to reconnect on the next start.")
+    authenticator = Unicode(
+        "shared-password", config=True,
+        help="JupyterHub authenticator (entry point name or class). Default: one shared password.")
+    admin_users = List(Unicode(), config=True, help="User names that are hub admins.")
+    start_timeout = Int(600, config=True, help="Seconds one spawn may take, including its wait in the start queue.")
+    dry_run = Bool(False, config=True, help="Prepare and validate, print the settings, do not start.")
+
+    aliases = {
+        "ip": "FedhubUp.ip", "port": "FedhubUp.port", "data-dir": "FedhubUp.data_dir",
+        "catalogue": "FedhubUp.catalogue_file", "config": "FedhubUp.config_file",
+        "authenticator": "FedhubUp.authenticator", "admin": "FedhubUp.admin_users",
+    }
+    flags = {
+        "no-mlflow": ({"FedhubUp": {"mlflow": False}}, "Do not run MLflow."),
+        "keep-servers": ({"FedhubUp": {"keep_servers": True}}, "Keep sessions running across hub restarts."),
+        "dry-run": ({"FedhubUp": {"dry_run": True}}, "Validate and print settings only."),
+    }
+
+    @default("data_dir")
+    def _default_data_dir(self):
+        return os.environ.get("FEDHUB_DATA_DIR", str(Path.cwd() / ".fedhub"))
+
+    def _load_json(self, path: Path) -> dict:
+        try:
+            return json.loads(path.read_text())
+        except (FileNotFoundError, ValueError):
+            return {}
+
+    def prepare(self) -> dict:
+        data = Path(self.data_dir).resolve()
+        data.mkdir(parents=True, exist_ok=True)
+        catalogue = Path(self.catalogue_file).resolve() if self.catalogue_file else data / "sites.yaml"
+        if not self.catalogue_file and not catalogue.exists():
+            catalogue.write_text(DEFAULT_CATALOGUE_YAML)
+        catalogue_from_dict(read_yaml(catalogue), catalogue.name)  # raises CatalogueError
+
+        # stable internal ports: running sessions keep the hub's API URL across restarts
+        ports = self._load_json(data / "ports.json")
+        for name in PORT_NAMES:
+            ports.setdefault(name, free_port())
+        (data / "ports.json").write_text(json.dumps(ports, indent=1))
+
+        secrets_file = data / "secrets.json"
+        secret = self._load_json(secrets_file)
+        secret.setdefault("shared_password", secrets.token_urlsafe(12))
+        secrets_file.write_text(json.dumps(secret))
+        secrets_file.chmod(0o600)
+
+        proxy = find_proxy()
+        if proxy is None:
+            raise SystemExit("fedhub up: configurable-http-proxy not found on PATH; "
+                             "install it with `npm install configurable-http-proxy` (./dev setup does)")
+        extra = [self.config_file] if self.config_file else []
+        if not extra and (data / "jupyterhub_config.py").exists():
+            extra = [str(data / "jupyterhub_config.py")]
+        for path in extra:
+            if not Path(path).exists():
+                raise SystemExit(f"fedhub up: --config {path}: file not found")
+        settings = {
+            "ip": self.ip, "port": self.port, "data_dir": str(data), "catalogue_file": str(catalogue),
+            "ports": ports, "shared_password": secret["shared_password"], "mlflow": self.mlflow,
+            "keep_servers": self.keep_servers, "authenticator": self.authenticator,
+            "admin_users": list(self.admin_users), "proxy_command": proxy,
+            "extra_configs": [str(Path(p).resolve()) for p in extra], "start_timeout": self.start_timeout,
+        }
+        (data / "fedhub-up.json").write_text(json.dumps(settings, indent=1))
+        (data / "fedhub-up.json").chmod(0o600)
+        return settings
+
+    def banner(self, s: dict) -> str:
+        url = f"http://{'127.0.0.1' if s['ip'] in ('', '0.0.0.0') else s['ip']}:{s['port']}/"
+        login = (f"any user name, password: {s['shared_password']}"
+                 if s["authenticator"] == "shared-password" else f"your {s['authenticator']} login")
+        return "\n".join([
+            "", f"  fedhub is starting at  {url}", f"  log in with            {login}",
+            f"  sites                  {s['catalogue_file']}",
+            f"  data dir               {s['data_dir']}", "  stop with              Ctrl-C", ""])
+
+    def start(self):
+        try:
+            settings = self.prepare()
+        except CatalogueError as e:
+            print(f"fedhub up: invalid site catalogue: {e}", file=sys.stderr)
+            raise SystemExit(2)
+        print(self.banner(settings), flush=True)
+        if self.dry_run:
+            return
+        env = {**os.environ, "FEDHUB_UP_SETTINGS": str(Path(settings["data_dir"]) / "fedhub-up.json")}
+        config = str(Path(__file__).with_name("jupyterhub_config.py"))
+        argv = [sys.executable, "-m", "jupyterhub", "-f", config]
+        os.chdir(settings["data_dir"])
+        os.execve(sys.executable, argv, env)
+
+
+def main(argv=None):
+    FedhubUp.launch_instance(argv)

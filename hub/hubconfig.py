@@ -1,0 +1,87 @@
+"""Turn `fedhub up` settings into JupyterHub configuration.
+
+Pure apart from reading the settings file: `configure(c, settings)` sets traitlets on
+JupyterHub's config object. The packaged jupyterhub_config.py calls it; a user's own
+jupyterhub_config.py is loaded afterwards, so any traitlet can be overridden there.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+
+FEDHUB_SCOPES = {
+    "custom:fedhub:sites:read": {"description": "See the federation's sites and their live free capacity."},
+    "custom:fedhub:sessions:read": {"description": "See your own sessions and where they run."},
+}
+
+
+def venv_bin() -> Path:
+    return Path(sys.executable).parent
+
+
+def configure(c, s: dict) -> None:
+    data = Path(s["data_dir"])
+    ports = s["ports"]
+    c.JupyterHub.ip = s["ip"]
+    c.JupyterHub.port = s["port"]
+    c.JupyterHub.hub_ip = "127.0.0.1"
+    c.JupyterHub.hub_port = ports["hub"]
+    c.JupyterHub.db_url = f"sqlite:///{data / 'jupyterhub.sqlite'}"
+    c.JupyterHub.cookie_secret_file = str(data / "jupyterhub_cookie_secret")
+    c.JupyterHub.pid_file = str(data / "jupyterhub.pid")
+    c.JupyterHub.cleanup_servers = not s.get("keep_servers", False)
+    c.ConfigurableHTTPProxy.api_url = f"http://127.0.0.1:{ports['proxy_api']}"
+    c.ConfigurableHTTPProxy.command = [s["proxy_command"]]
+    c.ConfigurableHTTPProxy.pid_file = str(data / "proxy.pid")
+
+    # identity: a shared password by default (a workshop or one researcher's machine)
+    c.JupyterHub.authenticator_class = s.get("authenticator", "shared-password")
+    if c.JupyterHub.authenticator_class == "shared-password":
+        c.SharedPasswordAuthenticator.user_password = s["shared_password"]
+    c.Authenticator.allow_all = True
+    if s.get("admin_users"):
+        c.Authenticator.admin_users = set(s["admin_users"])
+
+    # where sessions run
+    c.JupyterHub.spawner_class = "federated"
+    c.FederatedSpawner.catalogue_file = s["catalogue_file"]
+    c.FederatedSpawner.state_dir = str(data / "state")
+    c.LocalSiteSpawner.home_dir_template = str(data / "homes" / "{username}")
+    c.Spawner.cmd = [str(venv_bin() / "jupyterhub-singleuser")]
+    c.Spawner.args = ["--allow-root"] if os.geteuid() == 0 else []
+    c.Spawner.default_url = "/lab"
+    c.Spawner.environment = {"PATH": f"{venv_bin()}:{os.environ.get('PATH', '/usr/bin:/bin')}"}
+    # fedhub queues starts itself and waits for the server to answer inside start(),
+    # so these bound one whole spawn including its wait in the queue
+    c.Spawner.start_timeout = s.get("start_timeout", 600)
+    c.Spawner.http_timeout = s.get("http_timeout", 120)
+
+    # fedhub actions are JupyterHub custom scopes, granted through roles
+    c.JupyterHub.custom_scopes = FEDHUB_SCOPES
+    user_scopes = ["self", *FEDHUB_SCOPES, "access:services!service=fedhub"]
+    if s.get("mlflow", True):
+        user_scopes.append("access:services!service=mlflow")
+    c.JupyterHub.load_roles = [{"name": "user", "scopes": user_scopes}]
+
+    python = sys.executable
+    services = [{
+        "name": "fedhub",
+        "url": f"http://127.0.0.1:{ports['fedhub_api']}",
+        "command": [python, "-m", "fedhub.hub.service.app", "--port", str(ports["fedhub_api"]),
+                    "--state-dir", str(data / "state")],
+        "oauth_no_confirm": True,
+        "oauth_client_allowed_scopes": list(FEDHUB_SCOPES),
+        "display": True,
+    }]
+    if s.get("mlflow", True):
+        services.append({
+            "name": "mlflow",
+            "url": f"http://127.0.0.1:{ports['mlflow']}",
+            "command": [python, "-m", "fedhub.hub.tracking", "--port", str(ports["mlflow"]),
+                        "--mlflow-port", str(ports["mlflow_internal"]), "--data-dir", str(data / "mlflow")],
+            "oauth_no_confirm": True,
+            "display": True,
+        })
+    c.JupyterHub.services = services

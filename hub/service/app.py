@@ -1,0 +1,83 @@
+"""The fedhub API service: a JupyterHub-managed tornado app at /services/fedhub/.
+
+Run by the hub as ``python -m fedhub.hub.service.app --port P --state-dir D``; the
+hub passes its API token and URL prefix in the JUPYTERHUB_* environment.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import secrets
+import signal
+from pathlib import Path
+
+from jupyterhub.services.auth import HubOAuthCallbackHandler
+from jupyterhub.utils import url_path_join
+from tornado import web
+
+from .base import APIError, FedhubAPIHandler
+from .sessions import SessionsHandler
+from .sites import SiteHandler, SitesHandler
+from .store import SnapshotStore
+
+API_VERSION = "0.1.0"
+OPENAPI_PATH = Path(__file__).with_name("openapi.yaml")
+
+
+class RootHandler(FedhubAPIHandler):
+    @web.authenticated
+    def get(self):
+        self.write_json({"name": "fedhub", "version": API_VERSION, "user": self.current_user["name"]})
+
+
+class NotFoundHandler(FedhubAPIHandler):
+    def prepare(self):
+        raise APIError(404, f"No such route: {self.request.path}")
+
+
+# (path under the service prefix, handler); openapi.yaml documents exactly these
+ROUTES = [
+    ("api", RootHandler),
+    ("api/sites", SitesHandler),
+    (r"api/sites/(?P<name>[^/]+)", SiteHandler),
+    ("api/sessions", SessionsHandler),
+]
+
+
+def make_app(state_dir: str, prefix: str | None = None) -> web.Application:
+    prefix = prefix or os.environ.get("JUPYTERHUB_SERVICE_PREFIX", "/services/fedhub/")
+    handlers = [(url_path_join(prefix, path) + "/?", h) for path, h in ROUTES]
+    handlers.append((url_path_join(prefix, "oauth_callback"), HubOAuthCallbackHandler))
+    handlers.append((r".*", NotFoundHandler))
+    return web.Application(
+        handlers,
+        cookie_secret=secrets.token_bytes(32),
+        fedhub_store=SnapshotStore(state_dir),
+        default_handler_class=NotFoundHandler,
+    )
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--port", type=int, required=True)
+    parser.add_argument("--ip", default="127.0.0.1")
+    parser.add_argument("--state-dir", required=True)
+    args = parser.parse_args(argv)
+    asyncio.run(_serve(make_app(args.state_dir), args.ip, args.port))
+
+
+async def _serve(app: web.Application, ip: str, port: int) -> None:
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    app.listen(port, ip)
+    print(json.dumps({"fedhub-api": f"http://{ip}:{port}"}), flush=True)
+    await stop.wait()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,69 @@
+"""One base handler for the fedhub API: hub login, scope checks, JSON errors.
+
+Every error leaves as JSON ``{"status": N, "message": "..."}``; an unexpected
+exception is logged here and answered with a generic 500 message, never a traceback.
+"""
+
+from __future__ import annotations
+
+import json
+
+from jupyterhub.services.auth import HubOAuthenticated
+from tornado import web
+
+
+class APIError(web.HTTPError):
+    """A domain error with a status code meant for the caller."""
+
+    def __init__(self, status: int, message: str):
+        super().__init__(status, message)
+        self.message = message
+
+
+class FedhubAPIHandler(HubOAuthenticated, web.RequestHandler):
+    #: the JupyterHub custom scope a caller's token needs for this route
+    required_scope: str = ""
+
+    @property
+    def hub_scopes(self):
+        return {self.required_scope} if self.required_scope else super().hub_scopes
+
+    @property
+    def store(self):
+        return self.settings["fedhub_store"]
+
+    _denied: dict | None = None
+
+    def check_hub_user(self, model):
+        try:
+            return super().check_hub_user(model)
+        except Exception:
+            self._denied = model  # authenticated, but the token lacks this route's scope
+            raise
+
+    def get_login_url(self):
+        if self._denied is not None:
+            raise APIError(403, f"Forbidden: this route needs the scope {self.required_scope or 'access:services'}")
+        # browsers go through the hub's OAuth login; API clients get a 401 they can act on
+        if "text/html" not in self.request.headers.get("Accept", ""):
+            raise APIError(401, "Authentication required: send 'Authorization: token <hub API token>'")
+        return super().get_login_url()
+
+    def set_default_headers(self):
+        self.set_header("Content-Type", "application/json")
+        self.set_header("Cache-Control", "no-store")
+
+    def write_json(self, data, status: int = 200) -> None:
+        self.set_status(status)
+        self.finish(json.dumps(data))
+
+    def write_error(self, status_code: int, **kwargs):
+        exc = kwargs.get("exc_info", (None, None, None))[1]
+        if isinstance(exc, web.HTTPError):
+            message = getattr(exc, "message", None) or exc.log_message or self._reason
+            if status_code == 403 and not exc.log_message:
+                message = f"Forbidden: this route needs the scope {self.required_scope or 'access:services'}"
+        else:
+            message = "Internal error; the hub log has the details"
+        self.set_header("Content-Type", "application/json")
+        self.finish(json.dumps({"status": status_code, "message": message}))

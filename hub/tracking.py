@@ -1,0 +1,147 @@
+"""MLflow as a JupyterHub-managed service, reachable only with the hub's login.
+
+This process is the service the hub starts for /services/mlflow/. It runs the real
+`mlflow server` (SQLite + local artifacts by default) on a loopback port of its own
+and puts a hub-authenticated gate in front of it: browsers log in through the hub's
+OAuth, clients send their hub token (``Authorization: token|Bearer``, which is what
+the mlflow client sends from MLFLOW_TRACKING_TOKEN). The caller's hub user name is
+passed on as X-Fedhub-User.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import secrets
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+from jupyterhub.services.auth import HubOAuthCallbackHandler, HubOAuthenticated
+from jupyterhub.utils import url_path_join
+from tornado import httpclient, web
+
+HOP_BY_HOP = {"connection", "keep-alive", "proxy-authenticate", "proxy-authorization", "te",
+              "trailers", "transfer-encoding", "upgrade", "host", "content-length",
+              "authorization", "cookie"}
+
+
+def mlflow_command(port: int, data_dir: Path, prefix: str, backend_store_uri: str = "",
+                   artifacts_destination: str = "") -> list[str]:
+    """The `mlflow server` command line (pure, so tests and docs can show it)."""
+    mlflow_bin = Path(sys.executable).with_name("mlflow")
+    return [
+        str(mlflow_bin) if mlflow_bin.exists() else "mlflow", "server",
+        "--host", "127.0.0.1", "--port", str(port),
+        "--backend-store-uri", backend_store_uri or f"sqlite:///{data_dir / 'mlflow.db'}",
+        "--artifacts-destination", artifacts_destination or str(data_dir / "mlartifacts"),
+        "--static-prefix", prefix.rstrip("/"),
+        "--workers", "1",
+    ]
+
+
+class GateHandler(HubOAuthenticated, web.RequestHandler):
+    SUPPORTED_METHODS = ("GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS")
+
+    def get_login_url(self):
+        if "text/html" not in self.request.headers.get("Accept", ""):
+            raise web.HTTPError(401, "Authentication required: send your hub token")
+        return super().get_login_url()
+
+    def write_error(self, status_code, **kwargs):
+        exc = kwargs.get("exc_info", (None, None, None))[1]
+        message = exc.log_message if isinstance(exc, web.HTTPError) and exc.log_message else self._reason
+        self.set_header("Content-Type", "application/json")
+        self.finish(json.dumps({"error_code": "FEDHUB_GATE", "status": status_code, "message": message}))
+
+    @web.authenticated
+    async def proxy(self, *args):
+        upstream = self.settings["mlflow_url"] + self.request.uri
+        headers = {k: v for k, v in self.request.headers.get_all() if k.lower() not in HOP_BY_HOP}
+        headers["X-Fedhub-User"] = self.current_user["name"]
+        body = self.request.body if self.request.method in ("POST", "PUT", "PATCH", "DELETE") else None
+        if self.request.method == "DELETE" and not body:
+            body = None
+        try:
+            resp = await httpclient.AsyncHTTPClient().fetch(
+                upstream, method=self.request.method, headers=headers, body=body,
+                allow_nonstandard_methods=True, follow_redirects=False, raise_error=False,
+                request_timeout=300,
+            )
+        except (OSError, httpclient.HTTPClientError) as e:
+            raise web.HTTPError(503, f"MLflow is not answering yet ({e}); try again in a few seconds")
+        if resp.code == 599:
+            raise web.HTTPError(503, "MLflow is starting; try again in a few seconds")
+        self.set_status(resp.code, resp.reason)
+        for k, v in resp.headers.get_all():
+            if k.lower() not in HOP_BY_HOP and k.lower() != "set-cookie":
+                self.add_header(k, v)
+        if resp.body and self.request.method != "HEAD":
+            self.write(resp.body)
+        await self.finish()
+
+    get = head = post = put = patch = delete = options = proxy
+
+
+def make_gate(prefix: str, mlflow_url: str) -> web.Application:
+    return web.Application(
+        [(url_path_join(prefix, "oauth_callback"), HubOAuthCallbackHandler), (r"/.*", GateHandler)],
+        cookie_secret=secrets.token_bytes(32), mlflow_url=mlflow_url,
+    )
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--port", type=int, required=True, help="port of the gate (the service URL)")
+    parser.add_argument("--mlflow-port", type=int, required=True, help="loopback port of mlflow server")
+    parser.add_argument("--data-dir", required=True)
+    parser.add_argument("--backend-store-uri", default="")
+    parser.add_argument("--artifacts-destination", default="")
+    args = parser.parse_args(argv)
+    prefix = os.environ.get("JUPYTERHUB_SERVICE_PREFIX", "/services/mlflow/")
+    data_dir = Path(args.data_dir)
+    data_dir.mkdir(parents=True, exist_ok=True)
+    env = {**os.environ, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false", "TMPDIR": str(data_dir)}
+    mlflow = subprocess.Popen(
+        mlflow_command(args.mlflow_port, data_dir, prefix, args.backend_store_uri, args.artifacts_destination),
+        env=env, start_new_session=True,
+    )
+
+    try:
+        asyncio.run(_serve(make_gate(prefix, f"http://127.0.0.1:{args.mlflow_port}"), args.port, mlflow))
+    finally:
+        _stop_group(mlflow)
+
+
+def _stop_group(proc: subprocess.Popen) -> None:
+    """Stop mlflow's whole process group (uvicorn forks workers)."""
+    for sig, wait in ((signal.SIGTERM, 10), (signal.SIGKILL, 5)):
+        if proc.poll() is not None:
+            return
+        try:
+            os.killpg(proc.pid, sig)
+            proc.wait(wait)
+        except (ProcessLookupError, subprocess.TimeoutExpired):
+            pass
+
+
+async def _serve(gate: web.Application, port: int, mlflow: subprocess.Popen):
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):  # the hub stops services with SIGTERM
+        loop.add_signal_handler(sig, stop.set)
+    gate.listen(port, "127.0.0.1")
+    while not stop.is_set() and mlflow.poll() is None:
+        try:
+            await asyncio.wait_for(stop.wait(), 1)
+        except asyncio.TimeoutError:
+            pass
+    if mlflow.poll() is not None and not stop.is_set():
+        raise SystemExit(f"mlflow server exited with {mlflow.returncode}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,62 @@
+"""What a site backend is: the bridge between one catalogue site and one Spawner class.
+
+FederatedSpawner never starts anything itself. For the site placement chose it asks
+the site's backend for a spawner class and trait overrides, builds that spawner
+(a LocalProcessSpawner, a KubeSpawner, a batchspawner SlurmSpawner...) and delegates
+start/poll/stop to it. Backends also own the site's inventory and whatever keeps it
+fresh (nothing for local sites; a poller for Slurm; reflectors for Kubernetes).
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from fedhub.hub.catalogue import Site
+
+from ..inventory import Allocation, SiteInventory
+
+if TYPE_CHECKING:  # pragma: no cover
+    from jupyterhub.spawner import Spawner
+
+    from ..placement import SessionRequest
+
+
+class SiteBackend:
+    """Base class; one instance per site, shared by every user's spawner."""
+
+    kind = "base"
+
+    def __init__(self, site: Site, log=None):
+        self.site = site
+        self.log = log
+        self.inventory = self.build_inventory()
+
+    def build_inventory(self) -> SiteInventory:
+        raise NotImplementedError
+
+    def spawner_class(self) -> type["Spawner"]:
+        raise NotImplementedError
+
+    def spawner_overrides(self, allocation: Allocation, request: "SessionRequest") -> dict:
+        """Trait values for the site's spawner (resources, environment...)."""
+        return {}
+
+    def session_env(self, allocation: Allocation, request: "SessionRequest") -> dict[str, str]:
+        """Environment every session sees, whatever the backend: where it runs and on what."""
+        env = {
+            "FEDHUB_SITE": allocation.site,
+            "FEDHUB_SITE_KIND": self.site.kind,
+            "FEDHUB_NODE": allocation.node,
+            "FEDHUB_SESSION_TYPE": request.session_type,
+            "FEDHUB_CPUS": f"{allocation.cpus:g}",
+            "FEDHUB_MEMORY": str(allocation.memory),
+            "FEDHUB_GPU_TYPE": allocation.gpu_type,
+            "FEDHUB_GPUS": str(len(allocation.gpu_ids)),
+        }
+        return env
+
+    async def start_watching(self) -> None:
+        """Start whatever keeps the inventory fresh. Called once per hub process."""
+
+    async def stop_watching(self) -> None:
+        """Stop pollers and watches."""

@@ -1,0 +1,60 @@
+"""Local sites: sessions run as processes on the hub's own machine.
+
+A local site declares its CPUs, memory and GPUs in the catalogue; the inventory is
+that declaration minus what fedhub's own sessions hold (one node per site). GPUs are
+handed out by index through CUDA_VISIBLE_DEVICES, as Slurm and the NVIDIA device
+plugin do on real sites.
+"""
+
+from __future__ import annotations
+
+import psutil
+from jupyterhub.spawner import SimpleLocalProcessSpawner
+from traitlets import Unicode
+
+from ..inventory import Node, SiteInventory
+from .base import SiteBackend
+
+
+class LocalSiteSpawner(SimpleLocalProcessSpawner):
+    """SimpleLocalProcessSpawner that survives hub restarts on this machine.
+
+    `os.kill(pid, 0)` succeeds for a zombie, and orphaned single-user servers become
+    zombies after a hub restart where nothing reaps them, so a zombie counts as gone.
+    """
+
+    home_dir_template = Unicode(
+        "/tmp/fedhub-homes/{username}", config=True,
+        help="Home directory of a user's local sessions; {username} is expanded.",
+    )
+
+    async def _signal(self, sig):
+        try:
+            if psutil.Process(self.pid).status() == psutil.STATUS_ZOMBIE:
+                return False
+        except psutil.NoSuchProcess:
+            return False
+        return await super()._signal(sig)
+
+
+class LocalBackend(SiteBackend):
+    kind = "local"
+
+    def build_inventory(self) -> SiteInventory:
+        inv = SiteInventory(self.site.name, kind=self.kind, max_sessions=self.site.max_sessions)
+        inv.add_node(Node(self.site.options.get("node", "localhost"), self.site.cpus,
+                          self.site.memory, {g.type: g.count for g in self.site.gpus}))
+        return inv
+
+    def spawner_class(self):
+        return LocalSiteSpawner
+
+    def spawner_overrides(self, allocation, request):
+        env = self.session_env(allocation, request)
+        # an empty CUDA_VISIBLE_DEVICES hides every GPU, which is right for CPU sessions
+        env["CUDA_VISIBLE_DEVICES"] = ",".join(str(i) for i in allocation.gpu_ids)
+        return {
+            "environment": env,
+            "cpu_limit": allocation.cpus,
+            "mem_limit": allocation.memory,
+        }

@@ -1,0 +1,289 @@
+"""FederatedSpawner: the JupyterHub adapter that places a session on a federated site.
+
+It validates the request, asks placement for ranked sites, reserves capacity on the
+best one and delegates to that site's backend spawner; if the site fails to start the
+session it releases the reservation and tries the next, saying so in progress().
+Its state (site, allocation, the backend spawner's own state) goes through
+get_state/load_state, so a restarted hub reconnects to running sessions.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import time
+
+from jupyterhub.spawner import Spawner
+from tornado import web
+from tornado.httpclient import AsyncHTTPClient, HTTPClientError
+from traitlets import Dict, Integer, List, Unicode, default
+
+from fedhub.hub.catalogue import CatalogueError
+
+from .federation import Federation
+from .form import RequestError, form_to_options, parse_request, render_form
+from .inventory import Allocation
+from .placement import SessionRequest, rank_sites
+
+
+class FederatedSpawner(Spawner):
+    catalogue_file = Unicode(
+        "", config=True,
+        help="Path of the site catalogue YAML (schema: docs/catalogue.md).",
+    )
+    catalogue = Dict(
+        {}, config=True,
+        help="Catalogue entries that override the file: 'sites' merge by name, other keys replace. "
+             "With no catalogue_file, this is the whole catalogue.",
+    )
+    state_dir = Unicode(
+        "", config=True,
+        help="Folder where the hub writes the live inventory snapshot the fedhub API service reads.",
+    )
+    max_sites_tried = Integer(
+        3, config=True,
+        help="How many sites one spawn may try before giving up when sites fail to start it.",
+    )
+    session_types = List(
+        ["jupyterlab"], config=True,
+        help="Session types offered in the spawn form.",
+    )
+    progress_poll_interval = Integer(
+        1, config=True, help="Seconds between progress checks while waiting for new events.")
+    max_concurrent_starts = Integer(
+        config=True,
+        help="Sessions started at once by this hub; the rest wait in a queue shown in progress(). "
+             "A server start costs ~3.5 CPU-seconds, so more than the core count only adds contention.",
+    )
+
+    @default("max_concurrent_starts")
+    def _default_max_concurrent_starts(self):
+        return max(2, os.cpu_count() or 2)
+
+    _slots: asyncio.Semaphore | None = None  # shared by every spawner of this hub process
+    _queued = 0
+
+    def __init__(self, **kwargs):
+        super().__init__(**kwargs)
+        self._events: list[dict] = []
+        self._start_done = True
+        self._event_signal = asyncio.Event()
+
+    request: SessionRequest | None = None
+    allocation: Allocation | None = None
+    child: Spawner | None = None
+
+    # ------------------------------------------------------------ federation
+
+    @property
+    def federation(self) -> Federation:
+        try:
+            return Federation.get(self.catalogue_file, self.catalogue, self.state_dir or None, self.log)
+        except CatalogueError as e:
+            raise web.HTTPError(500, f"Site catalogue is invalid: {e}")
+
+    @property
+    def _key(self) -> tuple[str, str]:
+        return (self.user.name, self.name or "")
+
+    # ------------------------------------------------------------ form and options
+
+    @default("options_form")
+    def _default_options_form(self):
+        def form(spawner):
+            fed = spawner.federation
+            return render_form(fed.catalogue, fed.inventories, spawner.session_types)
+        return form
+
+    def options_from_form(self, formdata):
+        return form_to_options(formdata)
+
+    @default("apply_user_options")
+    def _default_apply_user_options(self):
+        return lambda spawner, options: spawner.validate_options(options)
+
+    def validate_options(self, options: dict) -> SessionRequest:
+        """The one gate for user input: bad input is a 400 naming the field, nothing starts."""
+        try:
+            req = parse_request(options, self.federation.catalogue)
+        except RequestError as e:
+            raise web.HTTPError(400, f"Invalid session request: {e}")
+        if req.session_type not in self.session_types:
+            raise web.HTTPError(400, f"Invalid session request: session_type {req.session_type!r} "
+                                     f"is not offered here; offered: {list(self.session_types)}")
+        self.request = req
+        return req
+
+    # ------------------------------------------------------------ progress
+
+    def _emit(self, message: str, progress: int) -> None:
+        self._events.append({"progress": progress, "message": message})
+        self.log.info("%s: %s", self._log_name, message)
+        self._event_signal.set()
+
+    async def progress(self):
+        sent = 0
+        while True:
+            while sent < len(self._events):
+                yield self._events[sent]
+                sent += 1
+            if self._start_done:
+                break
+            self._event_signal.clear()
+            try:
+                await asyncio.wait_for(self._event_signal.wait(), self.progress_poll_interval)
+            except asyncio.TimeoutError:
+                pass
+
+    # ------------------------------------------------------------ lifecycle
+
+    def _make_child(self, alloc: Allocation, req: SessionRequest) -> Spawner:
+        backend = self.federation.backends[alloc.site]
+        overrides = backend.spawner_overrides(alloc, req)
+        env = {**self.environment, **overrides.pop("environment", {})}
+        child = backend.spawner_class()(
+            user=self.user, orm_spawner=self.orm_spawner, hub=self.hub,
+            authenticator=self.authenticator, config=self.config, proxy_spec=self.proxy_spec,
+            _deprecated_db_session=self.db, oauth_client_id=self.oauth_client_id,
+            cookie_options=self.cookie_options,
+            cookie_host_prefix_enabled=self.cookie_host_prefix_enabled,
+            trusted_alt_names=self.trusted_alt_names, user_options=self.user_options,
+            public_url=self.public_url, public_hub_url=self.public_hub_url,
+            environment=env, **overrides,
+        )
+        child.api_token = self.api_token
+        return child
+
+    def _session_info(self, req: SessionRequest, reason: str) -> dict:
+        return {"session_type": req.session_type, "reason": reason, "since": time.time()}
+
+    async def start(self):
+        self._events, self._start_done, self._event_signal = [], False, asyncio.Event()
+        try:
+            return await self._start()
+        finally:
+            self._start_done = True
+            self._event_signal.set()
+
+    async def _start(self):
+        req = self.request or self.validate_options(self.user_options or {})
+        fed = self.federation
+        self._emit(f"Placing a {req.session_type} session: {req.describe()}", 5)
+        tried: list[str] = []
+        failures: list[str] = []
+        while len(tried) < self.max_sites_tried:
+            ranking = rank_sites(req, fed.inventories)
+            candidates = [c for c in ranking.candidates if c.site not in tried]
+            if not candidates:
+                if not tried:
+                    raise web.HTTPError(409, ranking.refusal(req))
+                break
+            cand = candidates[0]
+            tried.append(cand.site)
+            # rank + reserve with no await in between: concurrent spawns cannot double-book
+            alloc = fed.reserve(self._key, cand, req, self._session_info(req, cand.reason))
+            gpus = f", GPUs {cand.gpu_type} {list(alloc.gpu_ids)}" if alloc.gpu_ids else ""
+            self._emit(f"Placed on {cand.site} ({cand.reason}){gpus}", 20)
+            child = self._make_child(alloc, req)
+            try:
+                async with self._start_slot():
+                    url = await child.start()
+                    await self._wait_until_answering(child, url)
+            except Exception as e:  # any backend failure: release and fall through
+                failures.append(f"{cand.site}: {e}")
+                fed.release(self._key)
+                try:
+                    await child.stop(now=True)
+                except Exception:
+                    self.log.debug("cleanup after failed start on %s failed", cand.site, exc_info=True)
+                self._emit(f"{cand.site} could not start the session ({e}); trying the next site", 30)
+                continue
+            self.child, self.allocation = child, alloc
+            fed.set_status(self._key, "running")
+            self._emit(f"Session started on {cand.site}; waiting for it to answer", 80)
+            return url
+        raise web.HTTPError(503, "No site could start the session. " + "; ".join(failures))
+
+    @contextlib.asynccontextmanager
+    async def _start_slot(self):
+        cls = type(self)
+        if cls._slots is None:
+            cls._slots = asyncio.Semaphore(self.max_concurrent_starts)
+        if cls._slots.locked():
+            cls._queued += 1
+            self._emit(f"Waiting for a start slot: {cls._queued} session(s) queued on this hub", 25)
+            try:
+                await cls._slots.acquire()
+            finally:
+                cls._queued -= 1
+        else:
+            await cls._slots.acquire()
+        try:
+            yield
+        finally:
+            cls._slots.release()
+
+    async def _wait_until_answering(self, child: Spawner, url) -> None:
+        """Hold the start slot until the server answers HTTP, or fail if it exits first."""
+        if not isinstance(url, str):
+            url = f"http://{url[0]}:{url[1]}"
+        probe = url.rstrip("/") + self.server.base_url + "api"
+        client = AsyncHTTPClient()
+        deadline = time.monotonic() + self.http_timeout
+        while time.monotonic() < deadline:
+            status = await child.poll()
+            if status is not None:
+                raise RuntimeError(f"server exited with status {status} before answering")
+            try:
+                await client.fetch(probe, request_timeout=5, raise_error=False)
+                return
+            except (OSError, HTTPClientError):
+                await asyncio.sleep(0.2)
+        raise TimeoutError(f"server did not answer at {probe} within {self.http_timeout} s")
+
+    async def poll(self):
+        if self.child is None:
+            return 0
+        return await self.child.poll()
+
+    async def stop(self, now=False):
+        if self.child is not None:
+            await self.child.stop(now=now)
+        self.federation.release(self._key)
+
+    # ------------------------------------------------------------ state
+
+    def get_state(self):
+        state = super().get_state()
+        if self.child is not None and self.allocation is not None:
+            state["fedhub"] = {
+                "allocation": self.allocation.to_dict(),
+                "request": self.request.to_dict() if self.request else None,
+                "child": self.child.get_state(),
+            }
+        return state
+
+    def load_state(self, state):
+        super().load_state(state)
+        saved = (state or {}).get("fedhub")
+        if not saved:
+            return
+        alloc = Allocation.from_dict(saved["allocation"])
+        req = SessionRequest(**saved["request"]) if saved.get("request") else SessionRequest()
+        fed = self.federation
+        if alloc.site not in fed.backends:
+            self.log.warning("%s: saved site %s is no longer in the catalogue", self._log_name, alloc.site)
+            return
+        restored = fed.restore(self._key, alloc, {**self._session_info(req, "reconnected after hub restart"),
+                                                  "status": "running"})
+        self.request, self.allocation = req, restored or alloc
+        self.child = self._make_child(self.allocation, req)
+        self.child.load_state(saved.get("child") or {})
+
+    def clear_state(self):
+        super().clear_state()
+        if self.child is not None:
+            self.child.clear_state()
+        self.child = self.allocation = None
+        self.federation.release(self._key)
