@@ -55,7 +55,10 @@ class GateHandler(HubOAuthenticated, web.RequestHandler):
         exc = kwargs.get("exc_info", (None, None, None))[1]
         message = exc.log_message if isinstance(exc, web.HTTPError) and exc.log_message else self._reason
         self.set_header("Content-Type", "application/json")
-        self.finish(json.dumps({"error_code": "FEDHUB_GATE", "status": status_code, "message": message}))
+        # MLflow's own error codes, so the mlflow client reports them as it would its own
+        code = {401: "UNAUTHENTICATED", 403: "PERMISSION_DENIED", 503: "TEMPORARILY_UNAVAILABLE"}
+        self.finish(json.dumps({"error_code": code.get(status_code, "INTERNAL_ERROR"),
+                                "status": status_code, "message": message}))
 
     @web.authenticated
     async def proxy(self, *args):
