@@ -74,14 +74,9 @@ def test_gpu_session_is_placed_with_reason_and_sees_its_gpus(hub, users):
     token = hub.create_user(alice)
     r = hub.spawn(alice, gpus=2, gpu_type="a100")  # only site-a has 2 a100s
     assert r.status_code in (201, 202), r.text
-    messages = progress_messages(hub, alice)
     server = hub.wait_ready(alice)
-    placed = [m for m in messages if m.startswith("Placed on")]
-    # progress may be read after the spawn finished; the saved state has the same facts
     alloc = server["state"]["fedhub"]["allocation"]
     assert alloc["site"] == "site-a" and alloc["gpu_ids"] == [0, 1]
-    if placed:
-        assert "site-a" in placed[0] and "a100" in placed[0]
     env = hub.session_env(alice)
     assert env["FEDHUB_SITE"] == "site-a"
     assert env["CUDA_VISIBLE_DEVICES"] == "0,1"
@@ -96,14 +91,23 @@ def test_gpu_session_is_placed_with_reason_and_sees_its_gpus(hub, users):
 
 
 def test_progress_streams_placement_while_spawning(hub, users):
+    import threading
     (bob,) = users(1)
-    hub.api("POST", f"/users/{bob}/server", json={"cpus": 1})
+    poster = threading.Thread(target=hub.spawn, args=(bob,), kwargs={"cpus": 1, "gpus": 1, "gpu_type": "t4"})
+    poster.start()
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:  # open the stream while the spawn is pending
+        server = hub.server(bob)
+        if server and server["pending"] == "spawn":
+            break
+        time.sleep(0.05)
     messages = progress_messages(hub, bob)
+    poster.join()
     hub.wait_ready(bob)
     text = "\n".join(messages)
-    # either we caught the live stream or only the final event; the live one names site and reason
-    if len(messages) > 1:
-        assert re.search(r"Placed on site-[ab] \((most free capacity|fallback)", text), text
+    assert "Placing a jupyterlab session: 1 CPU, 512M memory, 1 t4 GPU" in text, text
+    assert re.search(r"Placed on site-b \(the only site with room: 2 of 2 t4 GPUs free\), GPUs t4 \[0\]", text), text
+    assert "Session started on site-b" in text
     assert "ready" in messages[-1].lower()
 
 
@@ -203,3 +207,24 @@ def test_browser_login_spawn_form_and_landing_in_jupyterlab(hub, users):
     r = s.get(f"{hub.url}/user/{g}/lab")
     assert r.status_code == 200 and "JupyterLab" in r.text, r.url
     assert hub.session_env(g)["FEDHUB_GPU_TYPE"] == "t4"
+
+
+def test_fedhub_sites_cli_prints_the_live_inventory(hub, users):
+    import subprocess
+    import sys
+
+    from conftest import fedhub_env
+    (h,) = users(1)
+    token = hub.create_user(h)
+    assert hub.spawn(h, gpus=1, gpu_type="t4").status_code in (201, 202)
+    hub.wait_ready(h)
+    env = {**fedhub_env(), "FEDHUB_URL": hub.url, "FEDHUB_TOKEN": token}
+    out = subprocess.run([sys.executable, "-m", "fedhub.server_ext.cli", "sites"], env=env,
+                         capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0, out.stderr
+    lines = {line.split()[0]: line for line in out.stdout.splitlines()[1:]}
+    assert "1/2 t4" in lines["site-b"] and "local" in lines["site-b"]
+    env["FEDHUB_TOKEN"] = "forged"
+    out = subprocess.run([sys.executable, "-m", "fedhub.server_ext.cli", "sites"], env=env,
+                         capture_output=True, text=True, timeout=60)
+    assert out.returncode == 1 and "fedhub sites: 40" in out.stderr
