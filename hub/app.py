@@ -49,7 +49,10 @@ class FedhubUp(Application):
 
     ip = Unicode("127.0.0.1", config=True, help="Address the hub's public proxy listens on.")
     port = Int(8000, config=True, help="Port the hub's public proxy listens on.")
-    data_dir = Unicode(config=True, help="Folder holding all of fedhub's state (databases, homes, secrets).")
+    data_dir = Unicode(
+        config=True,
+        help="Folder holding all of fedhub's state (databases, homes, secrets). "
+             "Default: $FEDHUB_DATA_DIR, else .fedhub in the current folder.")
     catalogue_file = Unicode(
         "", config=True,
         help="Site catalogue YAML. Default: sites.yaml in the data dir, created on first run.")
@@ -105,6 +108,7 @@ class FedhubUp(Application):
         secrets_file = data / "secrets.json"
         secret = self._load_json(secrets_file)
         secret.setdefault("shared_password", secrets.token_urlsafe(12))
+        secret.setdefault("admin_password", secrets.token_urlsafe(18))
         secrets_file.write_text(json.dumps(secret))
         secrets_file.chmod(0o600)
 
@@ -120,7 +124,8 @@ class FedhubUp(Application):
                 raise SystemExit(f"fedhub up: --config {path}: file not found")
         settings = {
             "ip": self.ip, "port": self.port, "data_dir": str(data), "catalogue_file": str(catalogue),
-            "ports": ports, "shared_password": secret["shared_password"], "mlflow": self.mlflow,
+            "ports": ports, "shared_password": secret["shared_password"],
+            "admin_password": secret["admin_password"], "mlflow": self.mlflow,
             "keep_servers": self.keep_servers, "authenticator": self.authenticator,
             "admin_users": list(self.admin_users), "proxy_command": proxy,
             "extra_configs": [str(Path(p).resolve()) for p in extra], "start_timeout": self.start_timeout,
@@ -133,8 +138,10 @@ class FedhubUp(Application):
         url = f"http://{'127.0.0.1' if s['ip'] in ('', '0.0.0.0') else s['ip']}:{s['port']}/"
         login = (f"any user name, password: {s['shared_password']}"
                  if s["authenticator"] == "shared-password" else f"your {s['authenticator']} login")
+        if s["authenticator"] == "shared-password" and s["admin_users"]:
+            login += f"\n  admins ({', '.join(s['admin_users'])}) password: {s['admin_password']}"
         return "\n".join([
-            "", f"  fedhub is starting at  {url}", f"  log in with            {login}",
+            "", f"  fedhub {'would start' if self.dry_run else 'is starting'} at  {url}", f"  log in with            {login}",
             f"  sites                  {s['catalogue_file']}",
             f"  data dir               {s['data_dir']}", "  stop with              Ctrl-C", ""])
 

@@ -41,7 +41,7 @@ def parse_memory(value: Any) -> int:
     if isinstance(value, bool):
         raise ValueError(value)
     if isinstance(value, (int, float)):
-        if value <= 0:
+        if int(value) <= 0:
             raise ValueError(value)
         return int(value)
     m = _MEM_RE.match(str(value))

@@ -38,9 +38,13 @@ def configure(c, s: dict) -> None:
 
     # identity: a shared password by default (a workshop or one researcher's machine)
     c.JupyterHub.authenticator_class = s.get("authenticator", "shared-password")
+    if c.JupyterHub.authenticator_class in ("shared-password", "dummy"):
+        # a shared password admits whoever knows it; other authenticators keep their own allow rules
+        c.Authenticator.allow_all = True
     if c.JupyterHub.authenticator_class == "shared-password":
         c.SharedPasswordAuthenticator.user_password = s["shared_password"]
-    c.Authenticator.allow_all = True
+        if s.get("admin_users"):
+            c.SharedPasswordAuthenticator.admin_password = s["admin_password"]
     if s.get("admin_users"):
         c.Authenticator.admin_users = set(s["admin_users"])
 
@@ -52,7 +56,10 @@ def configure(c, s: dict) -> None:
     c.Spawner.cmd = [str(venv_bin() / "jupyterhub-singleuser")]
     c.Spawner.args = ["--allow-root"] if os.geteuid() == 0 else []
     c.Spawner.default_url = "/lab"
-    c.Spawner.environment = {"PATH": f"{venv_bin()}:{os.environ.get('PATH', '/usr/bin:/bin')}"}
+    # FEDHUB_URL: where sessions reach the hub's public side (proxy), for the fedhub CLI and clients
+    public_ip = "127.0.0.1" if s["ip"] in ("", "0.0.0.0") else s["ip"]
+    c.Spawner.environment = {"PATH": f"{venv_bin()}:{os.environ.get('PATH', '/usr/bin:/bin')}",
+                             "FEDHUB_URL": s.get("public_url") or f"http://{public_ip}:{s['port']}"}
     # fedhub queues starts itself and waits for the server to answer inside start(),
     # so these bound one whole spawn including its wait in the queue
     c.Spawner.start_timeout = s.get("start_timeout", 600)
@@ -63,7 +70,10 @@ def configure(c, s: dict) -> None:
     user_scopes = ["self", *FEDHUB_SCOPES, "access:services!service=fedhub"]
     if s.get("mlflow", True):
         user_scopes.append("access:services!service=mlflow")
-    c.JupyterHub.load_roles = [{"name": "user", "scopes": user_scopes}]
+    # the session's own JUPYTERHUB_API_TOKEN reaches fedhub's services too (fedhub CLI, mlflow)
+    server_scopes = ["users:activity!user", "access:servers!server", *user_scopes[1:]]
+    c.JupyterHub.load_roles = [{"name": "user", "scopes": user_scopes},
+                               {"name": "server", "scopes": server_scopes}]
 
     python = sys.executable
     services = [{

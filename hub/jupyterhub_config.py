@@ -10,3 +10,14 @@ _settings = json.load(open(os.environ["FEDHUB_UP_SETTINGS"]))
 configure(c, _settings)
 for _extra in _settings.get("extra_configs", []):
     load_subconfig(_extra)  # noqa: F821
+
+# Load the federation now (not at the first spawn): a bad catalogue or override stops the
+# hub with the error, and the API serves the inventory from the first second.
+from fedhub.hub.catalogue import CatalogueError  # noqa: E402
+from fedhub.spawner.federation import Federation  # noqa: E402
+
+try:
+    Federation.get(c.FederatedSpawner.catalogue_file, dict(c.FederatedSpawner.get("catalogue", {})),
+                   c.FederatedSpawner.state_dir or None)
+except CatalogueError as _e:
+    raise SystemExit(f"fedhub: invalid site catalogue: {_e}")

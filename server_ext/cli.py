@@ -25,12 +25,18 @@ def _hub_api(args) -> tuple[str, dict]:
     return base, ({"Authorization": f"token {token}"} if token else {})
 
 
+def _error_message(r: requests.Response) -> str:
+    try:
+        return r.json().get("message", r.text)
+    except ValueError:
+        return f"not a fedhub API answer from {r.url}"
+
+
 def cmd_sites(args) -> int:
     base, headers = _hub_api(args)
     r = requests.get(f"{base}/services/fedhub/api/sites", headers=headers, timeout=30)
     if r.status_code != 200:
-        print(f"fedhub sites: {r.status_code}: {r.json().get('message', r.text) if r.content else ''}",
-              file=sys.stderr)
+        print(f"fedhub sites: {r.status_code}: {_error_message(r)}", file=sys.stderr)
         return 1
     sites = r.json()["sites"]
     if args.json:

@@ -34,7 +34,8 @@ class FederatedSpawner(Spawner):
     )
     catalogue = Dict(
         {}, config=True,
-        help="Catalogue entries that override the file: 'sites' merge by name, other keys replace. "
+        help="Catalogue entries that override the file: 'sites' merge by name, 'defaults' and 'limits' "
+             "merge key by key, anything else replaces. "
              "With no catalogue_file, this is the whole catalogue.",
     )
     state_dir = Unicode(
@@ -201,7 +202,7 @@ class FederatedSpawner(Spawner):
                 continue
             self.child, self.allocation = child, alloc
             fed.set_status(self._key, "running")
-            self._emit(f"Session started on {cand.site}; waiting for it to answer", 80)
+            self._emit(f"Session on {cand.site} is answering", 90)
             return url
         raise web.HTTPError(503, "No site could start the session. " + "; ".join(failures))
 

@@ -18,7 +18,7 @@ from typing import Any
 
 from fedhub.hub.catalogue import Catalogue, CatalogueError, catalogue_from_dict, read_yaml
 
-from .backends import BackendNotAvailable, backend_class
+from .backends import BACKENDS, BackendNotAvailable, backend_class
 from .backends.base import SiteBackend
 from .inventory import Allocation, InventoryError, SiteInventory
 from .placement import Candidate, SessionRequest
@@ -66,8 +66,10 @@ class Federation:
         for i, site in enumerate(catalogue.sites):
             try:
                 cls = backend_class(site.kind)
-            except BackendNotAvailable as e:
-                raise CatalogueError(catalogue.source, f"sites[{i}].kind", str(e), show_got=False)
+            except BackendNotAvailable:
+                raise CatalogueError(catalogue.source, f"sites[{i}].kind",
+                                     f"a kind this fedhub version has a backend for: {sorted(BACKENDS)}",
+                                     site.kind)
             self.backends[site.name] = cls(site, log=self.log)
         # (user, server name) -> (allocation, info for the API)
         self.sessions: dict[tuple[str, str], tuple[Allocation, dict]] = {}

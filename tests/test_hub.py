@@ -107,7 +107,7 @@ def test_progress_streams_placement_while_spawning(hub, users):
     text = "\n".join(messages)
     assert "Placing a jupyterlab session: 1 CPU, 512M memory, 1 t4 GPU" in text, text
     assert re.search(r"Placed on site-b \(the only site with room: 2 of 2 t4 GPUs free\), GPUs t4 \[0\]", text), text
-    assert "Session started on site-b" in text
+    assert "Session on site-b is answering" in text
     assert "ready" in messages[-1].lower()
 
 
@@ -157,6 +157,14 @@ def test_bad_requests_are_refused_clearly_and_nothing_spawns(hub, users, options
     assert message in r.json()["message"]
     assert hub.server(e) is None
     assert hub.api("GET", "/").status_code == 200
+
+
+def test_api_serves_the_inventory_before_any_spawn(module_hub_factory):
+    fresh = module_hub_factory(CATALOGUE).start()
+    token = fresh.create_user("early")
+    sites = sites_by_name(fresh, token)
+    assert set(sites) == {"site-a", "site-b"} and sites["site-a"]["gpus"][0]["free"] == 2
+    fresh.stop()
 
 
 def test_fedhub_api_auth_scopes_and_json_errors(hub, users):
@@ -218,6 +226,15 @@ def test_fedhub_sites_cli_prints_the_live_inventory(hub, users):
     token = hub.create_user(h)
     assert hub.spawn(h, gpus=1, gpu_type="t4").status_code in (201, 202)
     hub.wait_ready(h)
+    # inside the session: the session's own token and hub URL are enough
+    session = hub.session_env(h)
+    assert session["FEDHUB_URL"] == hub.url
+    env = {**fedhub_env(), "FEDHUB_URL": session["FEDHUB_URL"],
+           "JUPYTERHUB_API_TOKEN": session["JUPYTERHUB_API_TOKEN"]}
+    out = subprocess.run([sys.executable, "-m", "fedhub.server_ext.cli", "sites"], env=env,
+                         capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0, out.stderr
+    assert "1/2 t4" in out.stdout
     env = {**fedhub_env(), "FEDHUB_URL": hub.url, "FEDHUB_TOKEN": token}
     out = subprocess.run([sys.executable, "-m", "fedhub.server_ext.cli", "sites"], env=env,
                          capture_output=True, text=True, timeout=60)

@@ -32,6 +32,22 @@ def test_broken_catalogue_stops_fedhub_up_with_a_clear_error(tmp_path):
     assert not (tmp_path / "jupyterhub.sqlite").exists()  # nothing started
 
 
+@pytest.mark.parametrize("extra, message", [
+    ("sites:\n  - {name: hpc, kind: slurm, cpus: 1, memory: 1G}\n",
+     "sites.yaml: sites[0].kind: expected a kind this fedhub version has a backend for: ['local'], got 'slurm'"),
+    ("sites:\n  - {name: a, kind: local, cpus: 1, memory: 1G}\n",
+     "sites.yaml + FederatedSpawner.catalogue: sites[0].cpus: expected a positive number, got -1"),
+])
+def test_hub_refuses_to_start_on_a_catalogue_it_cannot_serve(hub_factory, extra, message):
+    hub = hub_factory(extra)
+    with open(hub.data_dir / "jupyterhub_config.py", "a") as f:
+        if "slurm" not in extra:
+            f.write("\nc.FederatedSpawner.catalogue = {'sites': [{'name': 'a', 'cpus': -1}]}\n")
+    with pytest.raises(RuntimeError, match="exited"):
+        hub.start(timeout=60)
+    assert message in hub.log_tail()
+
+
 def test_ctrl_c_stops_everything_it_started(hub_factory):
     hub = hub_factory(CATALOGUE).start()
     hub.create_user("ann")
