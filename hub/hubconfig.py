@@ -43,7 +43,7 @@ def configure(c, s: dict) -> None:
         c.Authenticator.allow_all = True
     if c.JupyterHub.authenticator_class == "shared-password":
         c.SharedPasswordAuthenticator.user_password = s["shared_password"]
-        if s.get("admin_users"):
+        if s.get("admin_users") and s.get("admin_password"):
             c.SharedPasswordAuthenticator.admin_password = s["admin_password"]
     if s.get("admin_users"):
         c.Authenticator.admin_users = set(s["admin_users"])
