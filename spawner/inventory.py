@@ -88,6 +88,7 @@ class SiteInventory:
         self.down_reason = ""
         self.version = 0  # bumped on every change; cheap staleness checks
         self.nodes: dict[str, Node] = {}
+        self._gpu_capacity: dict[str, int] = {}  # per type, kept in add/remove_node
         # gpu type -> free count -> {node name: node}; NO_GPU -> 0 -> every node
         self._buckets: dict[str, dict[int, dict[str, Node]]] = {}
 
@@ -96,8 +97,10 @@ class SiteInventory:
     def add_node(self, node: Node) -> Node:
         if node.name in self.nodes:
             self._unindex(self.nodes[node.name])
+            self._count_capacity(self.nodes[node.name], -1)
         self.nodes[node.name] = node
         self._index(node)
+        self._count_capacity(node, +1)
         self.version += 1
         return node
 
@@ -105,12 +108,20 @@ class SiteInventory:
         node = self.nodes.pop(name, None)
         if node is not None:
             self._unindex(node)
+            self._count_capacity(node, -1)
             self.version += 1
 
     def set_health(self, up: bool, reason: str = "") -> None:
         if up != self.up or reason != self.down_reason:
             self.up, self.down_reason = up, ("" if up else reason)
             self.version += 1
+
+    def _count_capacity(self, node: Node, sign: int) -> None:
+        for t, n in node.gpu_total.items():
+            self._gpu_capacity[t] = self._gpu_capacity.get(t, 0) + sign * n
+
+    def gpu_capacity(self, gpu_type: str) -> int:
+        return self._gpu_capacity.get(gpu_type, 0)
 
     def _index(self, node: Node) -> None:
         self._buckets.setdefault(NO_GPU, {}).setdefault(0, {})[node.name] = node

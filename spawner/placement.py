@@ -9,7 +9,7 @@ still free comes first (ties keep catalogue order), and within a site GPUs are p
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Sequence
+from typing import Callable, Sequence
 
 from fedhub.hub.catalogue import format_memory
 
@@ -51,7 +51,12 @@ class Candidate:
 @dataclass
 class Ranking:
     candidates: list[Candidate] = field(default_factory=list)
-    rejected: dict[str, str] = field(default_factory=dict)  # site -> why not
+    # site -> why not; a reason that costs a scan is a callable, run only when asked
+    _reasons: dict[str, "str | Callable[[], str]"] = field(default_factory=dict)
+
+    @property
+    def rejected(self) -> dict[str, str]:
+        return {site: r if isinstance(r, str) else r() for site, r in self._reasons.items()}
 
     def __bool__(self) -> bool:
         return bool(self.candidates)
@@ -71,7 +76,7 @@ def _why_not(inv: SiteInventory, req: SessionRequest, gpu_types: Sequence[str]) 
         best = max(present, key=inv.max_free_gpus_on_a_node)
         most = inv.max_free_gpus_on_a_node(best)
         if most < req.gpus:
-            total = inv.gpu_summary()[best].total
+            total = inv.gpu_capacity(best)
             return f"{req.gpus} {best} GPUs requested, at most {most} free on one node ({total} in total)"
     largest_cpu = max((n.free_cpus for n in inv.nodes.values()), default=0)
     if largest_cpu < req.cpus - 1e-9:
@@ -87,7 +92,7 @@ def _score(inv: SiteInventory, node, req: SessionRequest, gpu_type: str) -> tupl
     """Share of the site's requested resource free after placing (higher = emptier)."""
     if req.gpus:
         free = inv.free_gpus(gpu_type)
-        total = sum(n.gpu_total.get(gpu_type, 0) for n in inv.nodes.values()) or 1
+        total = inv.gpu_capacity(gpu_type) or 1
         return (free - req.gpus) / total, f"{free} of {total} {gpu_type} GPUs free"
     cpus = sum(n.cpus for n in inv.nodes.values()) if len(inv.nodes) < 64 else None
     if cpus is None:  # large sites: the chosen node stands in for the site, O(1)
@@ -104,10 +109,10 @@ def rank_sites(req: SessionRequest, inventories: Sequence[SiteInventory]) -> Ran
         if req.site is not None and inv.site != req.site:
             continue
         if not inv.up:
-            ranking.rejected[inv.site] = f"down ({inv.down_reason or 'not answering'})"
+            ranking._reasons[inv.site] = f"down ({inv.down_reason or 'not answering'})"
             continue
         if inv.max_sessions is not None and inv.sessions >= inv.max_sessions:
-            ranking.rejected[inv.site] = f"full ({inv.sessions} of {inv.max_sessions} sessions)"
+            ranking._reasons[inv.site] = f"full ({inv.sessions} of {inv.max_sessions} sessions)"
             continue
         if req.gpus:
             types = inv.gpu_types if req.gpu_type == ANY_GPU else (req.gpu_type,)
@@ -123,7 +128,8 @@ def rank_sites(req: SessionRequest, inventories: Sequence[SiteInventory]) -> Ran
                 best = (score, Candidate(inv.site, node.name, t, score, detail))
         if best is None:
             types_for_reason = inv.gpu_types if req.gpu_type == ANY_GPU else (req.gpu_type,)
-            ranking.rejected[inv.site] = _why_not(inv, req, types_for_reason)
+            ranking._reasons[inv.site] = (
+                lambda inv=inv, types=types_for_reason: _why_not(inv, req, types))
             continue
         scored.append((-best[0], order, best[1]))
     scored.sort(key=lambda x: (x[0], x[1]))
