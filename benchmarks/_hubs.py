@@ -77,6 +77,33 @@ def bench_service_config(token: str) -> str:
     )
 
 
+def code_fingerprint() -> dict:
+    """Which fedhub code was measured: a hash of hub/, spawner/ and server_ext/ sources and the
+    newest change time. The tree may be edited while a benchmark runs; compare before/after."""
+    import datetime
+    import hashlib
+
+    h = hashlib.sha256()
+    newest = 0.0
+    for folder in ("hub", "spawner", "server_ext"):
+        for f in sorted((ROOT / folder).rglob("*")):
+            if f.is_file() and f.suffix in (".py", ".yaml") and "__pycache__" not in f.parts:
+                h.update(str(f.relative_to(ROOT)).encode() + b"\0" + f.read_bytes() + b"\0")
+                newest = max(newest, f.stat().st_mtime)
+    when = datetime.datetime.fromtimestamp(newest, datetime.timezone.utc).strftime("%Y-%m-%d %H:%M:%S UTC")
+    return {"sha256": h.hexdigest()[:12], "newest_change": when}
+
+
+def check_fingerprint(before: dict) -> dict:
+    """The fingerprint now; warns on stderr and marks it if the code changed since `before`."""
+    after = code_fingerprint()
+    if after["sha256"] != before["sha256"]:
+        print(f"WARNING: fedhub code changed during the run ({before['sha256']} -> {after['sha256']}, "
+              f"{after['newest_change']}); these figures mix versions", file=sys.stderr)
+        return {**before, "changed_during_run_to": after["sha256"]}
+    return before
+
+
 # ---------------------------------------------------------------- hubs
 
 class Hub:
@@ -345,6 +372,7 @@ class Monitor:
         self._thread: threading.Thread | None = None
         self._base: dict[int, float] = {}
         self._last: dict[int, tuple[str, float]] = {}  # pid -> (group, cpu seconds)
+        self._server_roots: set[int] = set()
         self.peak_rss = 0
         self.hub_cpu0 = self.hub_cpu1 = 0.0
 
@@ -362,14 +390,14 @@ class Monitor:
         hub = self.hub.process
         with contextlib.suppress(psutil.Error):
             self.peak_rss = max(self.peak_rss, hub.memory_info().rss)
-        singleuser_roots = set()
         procs = self.hub.descendants()
         for p in procs:
             if _is_singleuser(p):
-                singleuser_roots.add(p.pid)
+                self._server_roots.add(p.pid)
+        singleuser_roots = self._server_roots  # sticky: a dying server (zombie) has no cmdline
         for p in procs:
             try:
-                group = "helpers"
+                group = "servers" if self._last.get(p.pid, ("",))[0] == "servers" else "helpers"
                 q = p
                 while q is not None and q.pid != hub.pid:
                     if q.pid in singleuser_roots:

@@ -28,7 +28,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _hubs import FedhubHub, Hub, Monitor, PlainHub, median  # noqa: E402
+from _hubs import FedhubHub, Hub, Monitor, PlainHub, check_fingerprint, code_fingerprint, median  # noqa: E402
 
 CPU_PER_START = 3.45  # CPU-seconds per single-user server start, measured (BENCHMARKS.md P2)
 FLOOR_FACTOR_GOAL = 1.1
@@ -168,6 +168,7 @@ def main(argv=None) -> int:
     cores = os.cpu_count() or 2
     floor = n * CPU_PER_START / cores
 
+    code = code_fingerprint()
     tmp = Path(tempfile.mkdtemp(prefix="fedhub-bench-burst-"))
     plain_timeouts = (None, None) if args.plain_default_timeouts else (120, 120)
     runs: list[dict] = []
@@ -193,12 +194,13 @@ def main(argv=None) -> int:
         if not args.keep_dir:
             shutil.rmtree(tmp, ignore_errors=True)
 
+    code = check_fingerprint(code)
     print()
     plain_desc = ("JupyterHub defaults 60/30 s" if args.plain_default_timeouts
                   else "start/http timeouts 120/120 s")
     fed_desc = "sized catalogue" if args.sized_catalogue else "default catalogue"
     print(f"burst of {n} users, {cores} cores, CPU floor {n} x {CPU_PER_START} / {cores} = {floor:.1f} s; "
-          f"fedhub: {fed_desc}; plain: {plain_desc}")
+          f"fedhub: {fed_desc}; plain: {plain_desc}; fedhub code {code['sha256']}")
     print(f"{'hub':<8}{'rnd':>4}{'ready':>7}{'fail':>6}{'total s':>9}{'/floor':>8}{'med s':>8}"
           f"{'max s':>8}{'hub cpu':>9}{'helpers':>9}{'servers':>9}{'hub rss':>9}")
     for x in runs:
@@ -216,7 +218,7 @@ def main(argv=None) -> int:
                 reasons[why] = reasons.get(why, 0) + 1
             print(f"{x['hub']} round {x['round']} failures: "
                   + "; ".join(f"{k} (x{v})" for k, v in reasons.items()))
-    summary: dict = {"benchmark": "burst", "users": n, "cores": cores, "cpu_floor_s": round(floor, 2),
+    summary: dict = {"benchmark": "burst", "code": code, "users": n, "cores": cores, "cpu_floor_s": round(floor, 2),
                      "plain_timeouts": plain_desc, "fedhub_catalogue": fed_desc, "runs": runs}
     fed = [x for x in runs if x["hub"] == "fedhub"]
     plain = [x for x in runs if x["hub"] == "plain"]

@@ -25,7 +25,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _hubs import percentile  # noqa: E402
+from _hubs import check_fingerprint, code_fingerprint, percentile  # noqa: E402
 
 from fedhub.spawner.inventory import Node, SiteInventory  # noqa: E402
 from fedhub.spawner.placement import ANY_GPU, SessionRequest, rank_sites  # noqa: E402
@@ -115,6 +115,7 @@ def main(argv=None) -> int:
     args = ap.parse_args(argv)
     n_req = args.requests or (2000 if args.quick else 10000)
 
+    code = code_fingerprint()
     rng = random.Random(args.seed)
     t0 = time.perf_counter()
     invs = build_inventories(rng, args.sites, args.nodes)
@@ -157,6 +158,7 @@ def main(argv=None) -> int:
     print(f"P1 placement: {args.sites} sites x {args.nodes} nodes, {sessions} sessions filling "
           f"{cpus_used / cpus:.0%} of {cpus:,.0f} CPUs, {gpus - gpus_free:,}/{gpus:,} GPUs used; "
           f"built in {build_s:.1f} s; seed {args.seed}")
+    print(f"fedhub code {code['sha256']} (newest change {code['newest_change']})")
     print(f"{n_req} requests: {placed} placed, {refused} refused (no site can run them); "
           f"wall {wall:.2f} s")
     print()
@@ -196,7 +198,8 @@ def main(argv=None) -> int:
         for (fn, line, func), (cc, nc, tt, ct, _) in sorted(mine, key=lambda kv: -kv[1][3])[:8]:
             print(f"  {Path(fn).name}:{line} {func:<28}{nc:>9} calls{ct:>8.2f} s{ct / total:>6.0%}")
 
-    result = {"benchmark": "p1_placement", "sites": args.sites, "nodes_per_site": args.nodes,
+    code = check_fingerprint(code)
+    result = {"benchmark": "p1_placement", "code": code, "sites": args.sites, "nodes_per_site": args.nodes,
               "requests": n_req, "seed": args.seed, "placed": placed, "refused": refused,
               **overall, "by_kind": {k: s for k, s in rows[1:]}, "goal_p99_us": GOAL_P99_US,
               "goal_met": ok, "profile_top": profile_top}

@@ -22,7 +22,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _hubs import FedhubHub, PlainHub, median, running_hubs  # noqa: E402
+from _hubs import FedhubHub, PlainHub, check_fingerprint, code_fingerprint, median, running_hubs  # noqa: E402
 
 GOAL_RATIO = 1.05
 
@@ -36,6 +36,7 @@ def main(argv=None) -> int:
     args = ap.parse_args(argv)
     n = args.n or (2 if args.quick else 5)
 
+    code = code_fingerprint()
     tmp = Path(tempfile.mkdtemp(prefix="fedhub-bench-spawn-"))
     fed = FedhubHub(tmp / "fedhub")
     plain = PlainHub(tmp / "plain", start_timeout=600, http_timeout=120)
@@ -63,11 +64,13 @@ def main(argv=None) -> int:
         if not args.keep_dir:
             shutil.rmtree(tmp, ignore_errors=True)
 
+    code = check_fingerprint(code)
     ratios = [f / p for f, p in zip(results["fedhub"], results["plain"])]
     med_ratio = median(ratios)
     ok = med_ratio <= GOAL_RATIO
     print()
-    print(f"spawn overhead, N={n} alternated (+1 warm-up each, not counted); POST -> ready, seconds")
+    print(f"spawn overhead, N={n} alternated (+1 warm-up each, not counted); POST -> ready, seconds; "
+          f"fedhub code {code['sha256']} (newest change {code['newest_change']})")
     print(f"{'spawner':<34}{'median':>8}{'min':>8}{'max':>8}{'warm-up':>9}{'stop med':>10}")
     for label, name in (("fedhub", "FederatedSpawner (fedhub up)"),
                         ("plain", "SimpleLocalProcessSpawner")):
@@ -79,7 +82,7 @@ def main(argv=None) -> int:
           f"{median(results['fedhub']) / median(results['plain']):.3f})")
     print(f"goal <= {GOAL_RATIO}x: {'MET' if ok else 'NOT MET'}")
     print(json.dumps({
-        "benchmark": "spawn_overhead", "n": n, "poll_interval_s": args.interval,
+        "benchmark": "spawn_overhead", "code": code, "n": n, "poll_interval_s": args.interval,
         "fedhub_s": [round(x, 3) for x in results["fedhub"]],
         "plain_s": [round(x, 3) for x in results["plain"]],
         "fedhub_median_s": round(median(results["fedhub"]), 3),
