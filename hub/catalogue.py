@@ -196,7 +196,7 @@ def catalogue_from_dict(doc: Any, source: str = "<catalogue>") -> Catalogue:
     for i, raw in enumerate(raw_sites):
         p = f"sites[{i}]"
         r.mapping(raw, p, {"name", "kind", "cpus", "memory", "gpus", "description",
-                           "max_sessions", "datasets", "options"}, {"name", "kind", "cpus", "memory"})
+                           "max_sessions", "datasets", "options"}, {"name", "kind"})
         name = r.name(raw["name"], f"{p}.name")
         if name in seen:
             r.fail(f"{p}.name", "a site name not used by an earlier site", name)
@@ -204,6 +204,10 @@ def catalogue_from_dict(doc: Any, source: str = "<catalogue>") -> Catalogue:
         kind = raw["kind"]
         if kind not in SITE_KINDS:
             r.fail(f"{p}.kind", f"one of {list(SITE_KINDS)}", kind)
+        # local sites declare their capacity; Slurm and Kubernetes sites report their own
+        for key in ("cpus", "memory"):
+            if kind == "local" and key not in raw:
+                r.fail(f"{p}.{key}", "a value (required key is missing for local sites)", show_got=False)
         gpus: list[GpuOffer] = []
         raw_gpus = raw.get("gpus") or []
         if not isinstance(raw_gpus, list):
@@ -232,8 +236,8 @@ def catalogue_from_dict(doc: Any, source: str = "<catalogue>") -> Catalogue:
             r.fail(f"{p}.options", "a mapping of backend options", options)
         sites.append(Site(
             name=name, kind=kind,
-            cpus=r.positive_number(raw["cpus"], f"{p}.cpus"),
-            memory=r.memory(raw["memory"], f"{p}.memory"),
+            cpus=r.positive_number(raw["cpus"], f"{p}.cpus") if "cpus" in raw else 0.0,
+            memory=r.memory(raw["memory"], f"{p}.memory") if "memory" in raw else 0,
             gpus=tuple(gpus),
             description=r.string(raw.get("description", ""), f"{p}.description"),
             max_sessions=max_sessions, datasets=tuple(datasets), options=dict(options),
@@ -284,26 +288,28 @@ def load_catalogue(path: str | Path) -> Catalogue:
 DEFAULT_CATALOGUE_YAML = """\
 # fedhub site catalogue (schema: docs/catalogue.md).
 # Two sites on this machine, so placement has real choices on one host.
+# CPUs and memory are schedulable capacity, not cores: an idle JupyterLab uses little,
+# so a 2-core workshop VM can hold a class (as Slurm's CPUs= on such a node would).
 # GPUs here are declared, not detected: sessions see CUDA_VISIBLE_DEVICES for the
 # devices placement chose, which is what real sites hand out.
 sites:
   - name: local-a
     kind: local
     description: This machine, partition A
-    cpus: 8
-    memory: 16G
+    cpus: 32
+    memory: 64G
     gpus:
       - {type: a100, count: 2}
   - name: local-b
     kind: local
     description: This machine, partition B
-    cpus: 8
-    memory: 16G
+    cpus: 32
+    memory: 64G
     gpus:
       - {type: t4, count: 4}
 defaults:
-  cpus: 1
-  memory: 1G
+  cpus: 0.5
+  memory: 512M
 limits:
   max_cpus: 8
   max_memory: 16G

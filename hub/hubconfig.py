@@ -53,6 +53,7 @@ def configure(c, s: dict) -> None:
     c.FederatedSpawner.catalogue_file = s["catalogue_file"]
     c.FederatedSpawner.state_dir = str(data / "state")
     c.LocalSiteSpawner.home_dir_template = str(data / "homes" / "{username}")
+    c.SlurmSiteSpawner.home_dir_template = str(data / "homes" / "{username}")
     c.Spawner.cmd = [str(venv_bin() / "jupyterhub-singleuser")]
     c.Spawner.args = ["--allow-root"] if os.geteuid() == 0 else []
     c.Spawner.default_url = "/lab"

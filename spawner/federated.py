@@ -17,7 +17,7 @@ import time
 from jupyterhub.spawner import Spawner
 from tornado import web
 from tornado.httpclient import AsyncHTTPClient, HTTPClientError
-from traitlets import Dict, Integer, List, Unicode, default
+from traitlets import Dict, Integer, List, Unicode, default, observe
 
 from fedhub.hub.catalogue import CatalogueError
 
@@ -41,6 +41,11 @@ class FederatedSpawner(Spawner):
     state_dir = Unicode(
         "", config=True,
         help="Folder where the hub writes the live inventory snapshot the fedhub API service reads.",
+    )
+    site_start_timeout = Integer(
+        300, config=True,
+        help="Seconds one site may take to start a session before the next site is tried "
+             "(a site's own start_timeout option wins).",
     )
     max_sites_tried = Integer(
         3, config=True,
@@ -70,6 +75,15 @@ class FederatedSpawner(Spawner):
         self._events: list[dict] = []
         self._start_done = True
         self._event_signal = asyncio.Event()
+        self._starting_child: Spawner | None = None
+
+    @observe("port")
+    def _forward_port(self, change):
+        # batchspawner's hub API handler reports the job's port on *this* spawner (it finds
+        # the spawner by token); the backend spawner waiting for it is the child
+        child = self._starting_child or self.child
+        if child is not None and change.new:
+            child.port = change.new
 
     request: SessionRequest | None = None
     allocation: Allocation | None = None
@@ -80,7 +94,9 @@ class FederatedSpawner(Spawner):
     @property
     def federation(self) -> Federation:
         try:
-            return Federation.get(self.catalogue_file, self.catalogue, self.state_dir or None, self.log)
+            fed = Federation.get(self.catalogue_file, self.catalogue, self.state_dir or None, self.log)
+            fed.start_watching()  # no-op once running
+            return fed
         except CatalogueError as e:
             raise web.HTTPError(500, f"Site catalogue is invalid: {e}")
 
@@ -146,7 +162,7 @@ class FederatedSpawner(Spawner):
         child = backend.spawner_class()(
             user=self.user, orm_spawner=self.orm_spawner, hub=self.hub,
             authenticator=self.authenticator, config=self.config, proxy_spec=self.proxy_spec,
-            _deprecated_db_session=self.db, oauth_client_id=self.oauth_client_id,
+            _deprecated_db_session=self._deprecated_db_session, oauth_client_id=self.oauth_client_id,
             cookie_options=self.cookie_options,
             cookie_host_prefix_enabled=self.cookie_host_prefix_enabled,
             trusted_alt_names=self.trusted_alt_names, user_options=self.user_options,
@@ -186,25 +202,58 @@ class FederatedSpawner(Spawner):
             alloc = fed.reserve(self._key, cand, req, self._session_info(req, cand.reason))
             gpus = f", GPUs {cand.gpu_type} {list(alloc.gpu_ids)}" if alloc.gpu_ids else ""
             self._emit(f"Placed on {cand.site} ({cand.reason}){gpus}", 20)
-            child = self._make_child(alloc, req)
+            child = self._starting_child = self._make_child(alloc, req)
             try:
                 async with self._start_slot():
-                    url = await child.start()
+                    url = await self._start_on_site(child, cand.site)
                     await self._wait_until_answering(child, url)
             except Exception as e:  # any backend failure: release and fall through
                 failures.append(f"{cand.site}: {e}")
                 fed.release(self._key)
                 try:
-                    await child.stop(now=True)
+                    await asyncio.wait_for(child.stop(now=True), 30)
                 except Exception:
                     self.log.debug("cleanup after failed start on %s failed", cand.site, exc_info=True)
+                fed.backends[cand.site].abandon(child)
                 self._emit(f"{cand.site} could not start the session ({e}); trying the next site", 30)
                 continue
+            self._starting_child = None
             self.child, self.allocation = child, alloc
             fed.set_status(self._key, "running")
             self._emit(f"Session on {cand.site} is answering", 90)
             return url
         raise web.HTTPError(503, "No site could start the session. " + "; ".join(failures))
+
+    async def _start_on_site(self, child: Spawner, site: str):
+        """child.start(), relaying its progress, bounded by the site's start timeout, and
+        abandoned as soon as the site's watcher reports the site down."""
+        backend = self.federation.backends[site]
+        timeout = backend.start_timeout or self.site_start_timeout
+        start = asyncio.ensure_future(child.start())
+        relay = asyncio.ensure_future(self._relay_progress(child))
+        deadline = time.monotonic() + timeout
+        try:
+            while not start.done():
+                await asyncio.wait([start], timeout=0.5)
+                if start.done():
+                    break
+                if not backend.inventory.up:
+                    raise RuntimeError(f"site went down while starting ({backend.inventory.down_reason})")
+                if time.monotonic() > deadline:
+                    raise TimeoutError(f"not started within {timeout:g} s")
+            return start.result()
+        finally:
+            relay.cancel()
+            if not start.done():
+                start.cancel()
+
+    async def _relay_progress(self, child: Spawner) -> None:
+        try:
+            async for event in child.progress():
+                if event.get("message"):
+                    self._emit(event["message"], 50)
+        except Exception:
+            self.log.debug("progress relay from the site's spawner ended", exc_info=True)
 
     @contextlib.asynccontextmanager
     async def _start_slot(self):

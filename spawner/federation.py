@@ -7,6 +7,7 @@ inventories are watched once and capacity is accounted across all users.
 
 from __future__ import annotations
 
+import asyncio
 import copy
 import json
 import logging
@@ -19,7 +20,7 @@ from typing import Any
 from fedhub.hub.catalogue import Catalogue, CatalogueError, catalogue_from_dict, read_yaml
 
 from .backends import BACKENDS, BackendNotAvailable, backend_class
-from .backends.base import SiteBackend
+from .backends.base import SiteBackend, SiteOptionError
 from .inventory import Allocation, InventoryError, SiteInventory
 from .placement import Candidate, SessionRequest
 
@@ -57,6 +58,7 @@ def load_catalogue_with_overrides(path: str, overrides: dict) -> Catalogue:
 
 class Federation:
     _instances: dict[tuple, "Federation"] = {}
+    _watching = False
 
     def __init__(self, catalogue: Catalogue, state_dir: str | None = None, log=None):
         self.log = log or logging.getLogger("fedhub.federation")
@@ -70,10 +72,27 @@ class Federation:
                 raise CatalogueError(catalogue.source, f"sites[{i}].kind",
                                      f"a kind this fedhub version has a backend for: {sorted(BACKENDS)}",
                                      site.kind)
-            self.backends[site.name] = cls(site, log=self.log)
+            try:
+                self.backends[site.name] = cls(site, log=self.log)
+            except SiteOptionError as e:
+                raise CatalogueError(catalogue.source, f"sites[{i}].options.{e.key}", e.expected, e.got,
+                                     show_got=e.got is not None)
         # (user, server name) -> (allocation, info for the API)
         self.sessions: dict[tuple[str, str], tuple[Allocation, dict]] = {}
         self.write_snapshot()
+        self.start_watching()
+
+    def start_watching(self) -> None:
+        """Start each backend's watcher (pollers, reflectors) on the running loop, if any."""
+        if self._watching:
+            return
+        try:
+            asyncio.get_running_loop()
+        except RuntimeError:
+            return  # not in a hub (tests, tools): inventories stay as declared
+        self._watching = True
+        for backend in self.backends.values():
+            asyncio.ensure_future(backend.start_watching(self.write_snapshot))
 
     @classmethod
     def get(cls, catalogue_file: str, overrides: dict, state_dir: str | None, log=None) -> "Federation":
@@ -99,6 +118,7 @@ class Federation:
         alloc = self.inventory(cand.site).allocate(
             cand.node, req.cpus, req.memory, cand.gpu_type, req.gpus)
         self.sessions[key] = (alloc, {**info, "status": "starting"})
+        self.backends[cand.site].note_starting(alloc)
         self.write_snapshot()
         return alloc
 
@@ -121,7 +141,10 @@ class Federation:
 
     def set_status(self, key: tuple[str, str], status: str) -> None:
         if key in self.sessions:
-            self.sessions[key][1]["status"] = status
+            alloc, info = self.sessions[key]
+            info["status"] = status
+            if status != "starting":
+                self.backends[alloc.site].note_settled(alloc)
             self.write_snapshot()
 
     def release(self, key: tuple[str, str]) -> None:
@@ -129,6 +152,7 @@ class Federation:
         if entry is not None:
             alloc = entry[0]
             if alloc.site in self.backends:
+                self.backends[alloc.site].note_settled(alloc)
                 self.inventory(alloc.site).release(alloc)
             self.write_snapshot()
 

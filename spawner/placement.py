@@ -68,6 +68,8 @@ class Ranking:
 
 def _why_not(inv: SiteInventory, req: SessionRequest, gpu_types: Sequence[str]) -> str:
     """Explain a rejection by the first resource that is missing (slow path, refusals only)."""
+    if not inv.nodes:
+        return "no usable nodes (down, drained or not responding)"
     if req.gpus:
         present = [t for t in gpu_types if t in inv.gpu_types]
         if not present:

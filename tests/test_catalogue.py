@@ -28,7 +28,7 @@ def test_default_catalogue_is_valid(tmp_path):
     ({"sites": [{"name": "a", "kind": "local", "cpus": 1, "memory": "lots"}]},
      "sites.yaml: sites[0].memory: expected a memory size"),
     ({"sites": [{"name": "a", "kind": "local", "memory": "1G"}]},
-     "sites.yaml: sites[0].cpus: expected a value (required key is missing)"),
+     "sites.yaml: sites[0].cpus: expected a value (required key is missing for local sites)"),
     ({"sites": [{"name": "Bad Name", "kind": "local", "cpus": 1, "memory": "1G"}]},
      "sites.yaml: sites[0].name: expected a name of lower-case letters"),
     ({"sites": [{"name": "a", "kind": "local", "cpus": 1, "memory": "1G"},

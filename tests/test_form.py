@@ -12,7 +12,7 @@ CAT = catalogue_from_dict(yaml.safe_load(DEFAULT_CATALOGUE_YAML), "sites.yaml")
 
 def test_defaults_and_form_values():
     r = parse_request({}, CAT)
-    assert (r.cpus, r.memory, r.gpus, r.site, r.session_type) == (1, 10**9, 0, None, "jupyterlab")
+    assert (r.cpus, r.memory, r.gpus, r.site, r.session_type) == (0.5, 512 * 10**6, 0, None, "jupyterlab")
     r = parse_request(form_to_options({"cpus": ["2"], "memory": ["4G"], "gpus": ["1"],
                                        "gpu_type": ["t4"], "site": ["local-b"]}), CAT)
     assert (r.cpus, r.memory, r.gpus, r.gpu_type, r.site) == (2.0, 4 * 10**9, 1, "t4", "local-b")

@@ -102,3 +102,8 @@ def test_allocation_accounting_and_release():
     d = inv.to_dict()
     assert d["gpus"][0] == {"type": "a100", "capacity": 4, "used": 2, "free": 2, "max_free_on_a_node": 2}
     assert d["sessions"] == 2
+
+
+def test_a_site_without_usable_nodes_says_so():
+    inv = SiteInventory("empty")
+    assert rank_sites(SessionRequest(), [inv]).rejected == {"empty": "no usable nodes (down, drained or not responding)"}

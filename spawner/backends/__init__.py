@@ -7,6 +7,8 @@ import importlib
 # kind -> "module:class"; imported lazily so a hub without kubespawner still starts
 BACKENDS = {
     "local": "fedhub.spawner.backends.local:LocalBackend",
+    "slurm": "fedhub.spawner.backends.slurm:SlurmBackend",
+    "kubernetes": "fedhub.spawner.backends.kubernetes:KubernetesBackend",
 }
 
 

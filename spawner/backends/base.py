@@ -21,10 +21,20 @@ if TYPE_CHECKING:  # pragma: no cover
     from ..placement import SessionRequest
 
 
+class SiteOptionError(ValueError):
+    """A bad `options` entry of a site; the federation adds the file and key path."""
+
+    def __init__(self, key: str, expected: str, got=None):
+        self.key, self.expected, self.got = key, expected, got
+        super().__init__(f"options.{key}: expected {expected}")
+
+
 class SiteBackend:
     """Base class; one instance per site, shared by every user's spawner."""
 
     kind = "base"
+    #: seconds a start may take on this site before the next site is tried (None: the spawner's)
+    start_timeout: float | None = None
 
     def __init__(self, site: Site, log=None):
         self.site = site
@@ -55,8 +65,18 @@ class SiteBackend:
         }
         return env
 
-    async def start_watching(self) -> None:
-        """Start whatever keeps the inventory fresh. Called once per hub process."""
+    def note_starting(self, allocation: Allocation) -> None:
+        """A fedhub session was placed here and is starting (the site may not count it yet)."""
+
+    def note_settled(self, allocation: Allocation) -> None:
+        """That session is running or gone: the site's own view counts it from now on."""
+
+    def abandon(self, spawner) -> None:
+        """A start on this site failed and its spawner could not be stopped cleanly:
+        remember it so nothing is left running once the site answers again."""
+
+    async def start_watching(self, on_change=lambda: None) -> None:
+        """Start whatever keeps the inventory fresh (once per hub process); call on_change after updates."""
 
     async def stop_watching(self) -> None:
         """Stop pollers and watches."""

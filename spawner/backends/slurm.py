@@ -1,0 +1,335 @@
+"""Slurm sites: a session is a batch job running jupyterhub-singleuser, via batchspawner.
+
+Site options (catalogue `sites[i].options`):
+
+    slurm_conf:   path of the cluster's slurm.conf (exported as SLURM_CONF, which picks the cluster)
+    partition:    partition to submit to (default: the cluster's default)
+    account, qos: passed as --account / --qos when set
+    runtime:      --time for session jobs (default 8:00:00)
+    hosts:        map of Slurm node name -> address the hub reaches it at (default: DNS)
+    poll_interval: seconds between inventory polls (default 5)
+    start_timeout: seconds a job may take to start before the next site is tried (default 300)
+
+GPUs are requested as --gres=gpu:TYPE:N; Slurm sets CUDA_VISIBLE_DEVICES in the job.
+The inventory comes from one poller per cluster (`sinfo`), shared by all spawners.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import re
+import socket
+from dataclasses import dataclass, field
+
+from batchspawner import MultiSlurmSpawner
+from traitlets import Unicode, default
+
+from ..inventory import Allocation, Node, SiteInventory
+from .base import SiteBackend, SiteOptionError
+
+OPTIONS = {"slurm_conf", "partition", "account", "qos", "runtime", "hosts", "poll_interval",
+           "start_timeout"}
+
+BATCH_SCRIPT = """#!/bin/bash
+#SBATCH --output={{homedir}}/fedhub-slurm-%j.log
+#SBATCH --job-name=fedhub-{{username}}
+#SBATCH --chdir={{homedir}}
+#SBATCH --export={{keepvars}}
+{% if partition %}#SBATCH --partition={{partition}}
+{% endif %}{% if account %}#SBATCH --account={{account}}
+{% endif %}{% if qos %}#SBATCH --qos={{qos}}
+{% endif %}{% if runtime %}#SBATCH --time={{runtime}}
+{% endif %}{% if memory %}#SBATCH --mem={{memory}}
+{% endif %}{% if gres %}#SBATCH --gres={{gres}}
+{% endif %}{% if nprocs %}#SBATCH --cpus-per-task={{nprocs}}
+{% endif %}
+set -euo pipefail
+trap 'echo SIGTERM received' TERM
+{{prologue}}
+{% if srun %}{{srun}} {% endif %}{{cmd}}
+echo "jupyterhub-singleuser ended gracefully"
+{{epilogue}}
+"""
+
+
+# ---------------------------------------------------------------- pure parsing
+
+SINFO_FORMAT = "NodeList:|,CPUsState:|,Memory:|,AllocMem:|,Gres:|,GresUsed:|,StateLong:|"
+_GRES_RE = re.compile(r"gpu:([\w.-]+):(\d+)")
+_GRES_USED_RE = re.compile(r"gpu:([\w.-]+):(\d+)\(IDX:([^)]*)\)")
+_UNUSABLE = ("down", "drain", "fail", "inval", "maint", "future", "unknown", "not_responding")
+
+
+@dataclass
+class SlurmNode:
+    name: str
+    cpus: int
+    cpus_alloc: int
+    memory: int  # bytes
+    memory_alloc: int
+    gpus: dict[str, int] = field(default_factory=dict)
+    gpus_used: dict[str, set[int]] = field(default_factory=dict)
+    state: str = "idle"
+
+    @property
+    def usable(self) -> bool:
+        return not any(s in self.state for s in _UNUSABLE)
+
+
+def _indices(text: str) -> set[int]:
+    out: set[int] = set()
+    for part in text.split(","):
+        if "-" in part:
+            lo, hi = part.split("-", 1)
+            if lo.isdigit() and hi.isdigit():
+                out.update(range(int(lo), int(hi) + 1))
+        elif part.isdigit():
+            out.add(int(part))
+    return out
+
+
+def parse_sinfo(text: str) -> list[SlurmNode]:
+    """Parse `sinfo -N -h -O SINFO_FORMAT` output (one line per node and partition)."""
+    nodes: dict[str, SlurmNode] = {}
+    for line in text.splitlines():
+        cols = line.split("|")
+        if len(cols) < 7 or not cols[0].strip() or cols[0].strip() in nodes:
+            continue
+        name, cpus_state, mem, alloc_mem, gres, gres_used, state = (c.strip() for c in cols[:7])
+        alloc, _idle, _other, total = (int(x) for x in cpus_state.split("/"))
+        node = SlurmNode(name, total, alloc, int(mem) * 2**20, int(alloc_mem or 0) * 2**20,
+                         state=state.lower())
+        for gtype, count in _GRES_RE.findall(gres):
+            node.gpus[gtype] = int(count)
+        for gtype, _count, idx in _GRES_USED_RE.findall(gres_used):
+            node.gpus_used[gtype] = _indices(idx)
+        nodes[name] = node
+    return list(nodes.values())
+
+
+def pending_reason(job_status: str) -> str:
+    """'PENDING Resources n/a' -> 'Resources' (the query prints state, reason, host)."""
+    parts = job_status.split()
+    return parts[1] if len(parts) >= 2 else ""
+
+
+# ---------------------------------------------------------------- spawner
+
+
+class SlurmSiteSpawner(MultiSlurmSpawner):
+    """batchspawner's SlurmSpawner for hub users who have no Unix account on the hub.
+
+    The job runs as the hub's Slurm user (root in the embedded setup); homes live under
+    home_dir_template. Site-specific settings arrive as trait values from SlurmBackend.
+    """
+
+    home_dir_template = Unicode(
+        "/tmp/fedhub-homes/{username}", config=True,
+        help="Home (job working directory) of a user's Slurm sessions; {username} is expanded.")
+    batch_script = Unicode(BATCH_SCRIPT, config=True, help="Jinja template of the session's batch job.")
+    batch_query_cmd = Unicode("squeue -h -j {job_id} -o '%T %r %B'", config=True,
+                              help="Job query: state, pending reason, node.")
+    req_account = Unicode("", config=True, help="--account for session jobs.")
+    fedhub_site = Unicode("", help="The catalogue site this spawner submits to (set by the backend).")
+    slurm_conf = Unicode("", help="slurm.conf of the site's cluster (set by the backend).")
+
+    async def run_command(self, cmd, input=None, env=None):
+        # every sbatch/squeue/scancel must talk to this site's cluster, not the default one
+        env = dict(env if env is not None else os.environ)
+        if self.slurm_conf:
+            env["SLURM_CONF"] = self.slurm_conf
+        return await super().run_command(cmd, input=input, env=env)
+
+    @default("exec_prefix")
+    def _default_exec_prefix(self):
+        return ""  # submit as the hub's own user; hub users need no Unix account
+
+    @default("req_homedir")
+    def _default_req_homedir(self):
+        return self.home_dir_template.format(username=self.user.name)
+
+    def user_env(self, env):
+        env["USER"] = self.user.name
+        env["HOME"] = self.req_homedir
+        return env
+
+    def make_preexec_fn(self, name):
+        return None
+
+    async def submit_batch_script(self):
+        os.makedirs(self.req_homedir, exist_ok=True)
+        job_id = await super().submit_batch_script()
+        self._fedhub_job_id = job_id  # kept after clear_state, so a failed start can be cleaned up
+        return job_id
+
+    def state_gethost(self):
+        host = super().state_gethost()
+        try:
+            return self.daemon_resolver.get(host) or socket.gethostbyname(host)
+        except OSError:
+            return host
+
+    async def progress(self):
+        last = None
+        while True:
+            if self.state_ispending():
+                reason = pending_reason(self.job_status) or "waiting"
+                message = f"Job {self.job_id} pending in {self.fedhub_site}'s queue (reason: {reason})"
+            elif self.state_isrunning():
+                message = f"Job {self.job_id} running on {self.fedhub_site}; waiting for the server"
+            else:
+                message = f"Submitting the session job to {self.fedhub_site}"
+            if message != last:
+                yield {"message": message}
+                last = message
+            if self.state_isrunning():
+                return
+            await asyncio.sleep(0.5)
+
+
+# ---------------------------------------------------------------- backend
+
+
+class SlurmBackend(SiteBackend):
+    kind = "slurm"
+    _pollers: dict[str, "asyncio.Task"] = {}
+
+    def __init__(self, site, log=None):
+        unknown = sorted(set(site.options) - OPTIONS)
+        if unknown:
+            raise SiteOptionError(unknown[0], f"one of the Slurm site options {sorted(OPTIONS)}")
+        if not site.options.get("slurm_conf"):
+            raise SiteOptionError("slurm_conf", "the path of the cluster's slurm.conf")
+        if not os.path.exists(str(site.options["slurm_conf"])):
+            raise SiteOptionError("slurm_conf", "an existing slurm.conf", site.options["slurm_conf"])
+        for key in ("poll_interval", "start_timeout"):
+            value = site.options.get(key, 1)
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or value <= 0:
+                raise SiteOptionError(key, "a positive number of seconds", value)
+        if not isinstance(site.options.get("hosts", {}), dict):
+            raise SiteOptionError("hosts", "a map of node name -> address", site.options["hosts"])
+        self.slurm_conf = str(site.options["slurm_conf"])
+        self.poll_interval = float(site.options.get("poll_interval", 5))
+        self.start_timeout = float(site.options.get("start_timeout", 300))
+        self.pending: list[Allocation] = []  # fedhub jobs not yet counted by Slurm
+        self.orphans: set[str] = set()  # job ids to cancel once the controller answers
+        self.last_error = ""
+        super().__init__(site, log)
+
+    @property
+    def env(self) -> dict:
+        return {**os.environ, "SLURM_CONF": self.slurm_conf}
+
+    def build_inventory(self) -> SiteInventory:
+        # capacity from the catalogue until the first poll replaces it with Slurm's own view
+        inv = SiteInventory(self.site.name, kind=self.kind, max_sessions=self.site.max_sessions)
+        inv.set_health(False, "not polled yet")
+        return inv
+
+    def apply_nodes(self, nodes: list[SlurmNode]) -> None:
+        """Make the inventory Slurm's view, plus fedhub's own jobs Slurm has not placed yet."""
+        inv = self.inventory
+        for name in [n for n in inv.nodes if n not in {s.name for s in nodes if s.usable}]:
+            inv.remove_node(name)
+        for s in nodes:
+            if not s.usable:
+                continue
+            node = Node(s.name, s.cpus, s.memory, s.gpus)
+            node.cpus_used = float(s.cpus_alloc)
+            node.memory_used = s.memory_alloc
+            for gtype, used in s.gpus_used.items():
+                node.gpu_free.get(gtype, set()).difference_update(used)
+            inv.add_node(node)
+        for alloc in self.pending:
+            node = inv.nodes.get(alloc.node)
+            if node is not None and node.fits(alloc.cpus, alloc.memory):
+                inv._unindex(node)
+                node.cpus_used += alloc.cpus
+                node.memory_used += alloc.memory
+                free = node.gpu_free.get(alloc.gpu_type, set())
+                for i in sorted(free)[:len(alloc.gpu_ids)]:
+                    free.discard(i)
+                inv._index(node)
+
+    async def poll_once(self) -> None:
+        proc = await asyncio.create_subprocess_exec(
+            "sinfo", "-N", "-h", "-O", SINFO_FORMAT, env=self.env,
+            stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
+        try:
+            out, err = await asyncio.wait_for(proc.communicate(), timeout=max(10, self.poll_interval * 2))
+        except asyncio.TimeoutError:
+            proc.kill()
+            raise RuntimeError("sinfo timed out")
+        if proc.returncode != 0:
+            raise RuntimeError(err.decode(errors="replace").strip().splitlines()[-1] if err else "sinfo failed")
+        self.apply_nodes(parse_sinfo(out.decode()))
+        self.inventory.set_health(True)
+
+    async def _poll_forever(self, on_change) -> None:
+        while True:
+            try:
+                await self.poll_once()
+                self.last_error = ""
+                await self.cancel_orphans()
+            except Exception as e:  # a dead cluster must never take the hub down
+                self.last_error = str(e)
+                self.inventory.set_health(False, f"controller not answering: {e}")
+            on_change()
+            await asyncio.sleep(self.poll_interval)
+
+    def abandon(self, spawner) -> None:
+        job_id = getattr(spawner, "job_id", "") or getattr(spawner, "_fedhub_job_id", "")
+        if job_id:
+            self.orphans.add(job_id)
+
+    async def cancel_orphans(self) -> None:
+        if not self.orphans:
+            return
+        jobs = sorted(self.orphans)
+        proc = await asyncio.create_subprocess_exec("scancel", *jobs, env=self.env,
+                                                    stdout=asyncio.subprocess.DEVNULL,
+                                                    stderr=asyncio.subprocess.DEVNULL)
+        if await proc.wait() == 0:
+            self.orphans.difference_update(jobs)
+            if self.log:
+                self.log.info("%s: cancelled jobs left by failed starts: %s", self.site.name, jobs)
+
+    def note_starting(self, allocation):
+        self.pending.append(allocation)
+
+    def note_settled(self, allocation):
+        if allocation in self.pending:
+            self.pending.remove(allocation)
+
+    async def start_watching(self, on_change=lambda: None) -> None:
+        key = self.slurm_conf
+        if key not in SlurmBackend._pollers or SlurmBackend._pollers[key].done():
+            SlurmBackend._pollers[key] = asyncio.ensure_future(self._poll_forever(on_change))
+
+    async def stop_watching(self) -> None:
+        task = SlurmBackend._pollers.pop(self.slurm_conf, None)
+        if task:
+            task.cancel()
+
+    def spawner_class(self):
+        return SlurmSiteSpawner
+
+    def spawner_overrides(self, allocation, request):
+        o = self.site.options
+        gres = f"gpu:{allocation.gpu_type}:{len(allocation.gpu_ids)}" if allocation.gpu_ids else ""
+        env = self.session_env(allocation, request)
+        env["SLURM_CONF"] = self.slurm_conf
+        return {
+            "environment": env,
+            "fedhub_site": self.site.name,
+            "slurm_conf": self.slurm_conf,
+            "req_partition": str(o.get("partition", "")),
+            "req_account": str(o.get("account", "")),
+            "req_qos": str(o.get("qos", "")),
+            "req_runtime": str(o.get("runtime", "8:00:00")),
+            "req_nprocs": str(max(1, int(round(allocation.cpus)))),
+            "req_memory": f"{max(1, allocation.memory // 2**20)}M",
+            "req_gres": gres,
+            "daemon_resolver": dict(o.get("hosts", {})),
+        }
