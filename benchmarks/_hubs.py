@@ -8,6 +8,12 @@ Two kinds of hub, started side by side on free loopback ports in a temporary fol
 - PlainHub: `python -m jupyterhub` with JupyterHub's own SimpleLocalProcessSpawner, the dummy
   authenticator and the same single-user command, arguments, default URL, PATH and service
   token, so the two differ only in the spawner (and what fedhub runs beside it).
+- PlainSlurmHub: the same plain hub with batchspawner's SlurmSpawner submitting to one
+  SlurmCluster (tests/slurm_cluster.py), the baseline for Slurm sites.
+
+Slurm helpers: slurm_cluster_class() imports the tests' SlurmCluster (real slurmctld + slurmd
+with fake GPUs), slurm_catalogue() writes a fedhub catalogue of Slurm sites, stop_cluster()
+cancels every job, stops the daemons and kills any job step left behind.
 
 Every process a Hub starts is stopped by Hub.stop(): the hub is asked to stop (SIGINT, which
 makes JupyterHub stop its servers and proxy), then its process group is killed, then any
@@ -37,7 +43,8 @@ PYTHON = str(ROOT / ".venv" / "bin" / "python")
 VENV_BIN = ROOT / ".venv" / "bin"
 CHP = ROOT / "node_modules" / ".bin" / "configurable-http-proxy"
 SINGLEUSER = str(VENV_BIN / "jupyterhub-singleuser")
-BENCH_SCOPES = ["admin:users", "admin:servers", "tokens", "read:hub", "access:servers"]
+BENCH_SCOPES = ["admin:users", "admin:servers", "admin:server_state", "tokens", "read:hub",
+                "access:servers"]
 
 
 # ---------------------------------------------------------------- small helpers
@@ -272,6 +279,15 @@ class Hub:
         return [p.pid for p in self.descendants() if _is_singleuser(p)]
 
 
+def fedhub_job_id(server: dict | None) -> str:
+    """Slurm job id of a fedhub session, from the server's state (admin:server_state)."""
+    return ((((server or {}).get("state") or {}).get("fedhub") or {}).get("child") or {}).get("job_id", "")
+
+
+def fedhub_site(server: dict | None) -> str:
+    return ((((server or {}).get("state") or {}).get("fedhub") or {}).get("allocation") or {}).get("site", "")
+
+
 def _is_singleuser(p: psutil.Process) -> bool:
     try:
         return any("jupyterhub-singleuser" in part for part in p.cmdline()[:3])
@@ -311,8 +327,6 @@ class PlainHub(Hub):
         if http_timeout is not None:
             timeouts += f"c.Spawner.http_timeout = {http_timeout}\n"
         f = self.folder
-        path = f"{VENV_BIN}:{os.environ.get('PATH', '/usr/bin:/bin')}"
-        args = ["--allow-root"]
         (f / "cfg.py").write_text(
             "c = get_config()  # noqa\n"
             "c.JupyterHub.ip = '127.0.0.1'\n"
@@ -327,20 +341,128 @@ class PlainHub(Hub):
             f"c.ConfigurableHTTPProxy.pid_file = {str(f / 'proxy.pid')!r}\n"
             "c.JupyterHub.authenticator_class = 'dummy'\n"
             "c.Authenticator.allow_all = True\n"
-            "c.JupyterHub.spawner_class = 'simple'\n"
-            f"c.SimpleLocalProcessSpawner.home_dir_template = {str(f / 'homes' / '{username}')!r}\n"
             f"c.Spawner.cmd = [{SINGLEUSER!r}]\n"
-            f"c.Spawner.args = {args!r}\n"
+            f"c.Spawner.args = {['--allow-root']!r}\n"
             "c.Spawner.default_url = '/lab'\n"
-            f"c.Spawner.environment = {{'PATH': {path!r}}}\n"
+            + self.spawner_config({"PATH": f"{VENV_BIN}:{os.environ.get('PATH', '/usr/bin:/bin')}"})
             + timeouts +
             "c.JupyterHub.services = []\n"
             "c.JupyterHub.load_roles = []\n"
             + bench_service_config(self.token)
         )
 
+    def spawner_config(self, environment: dict) -> str:
+        """The config lines choosing and setting up the spawner."""
+        return ("c.JupyterHub.spawner_class = 'simple'\n"
+                f"c.SimpleLocalProcessSpawner.home_dir_template = "
+                f"{str(self.folder / 'homes' / '{username}')!r}\n"
+                f"c.Spawner.environment = {environment!r}\n")
+
     def command(self) -> list[str]:
         return [PYTHON, "-m", "jupyterhub", "-f", str(self.folder / "cfg.py")]
+
+
+class PlainSlurmHub(PlainHub):
+    """Plain JupyterHub with batchspawner's SlurmSpawner for one SlurmCluster: the baseline for
+    Slurm sites. Submits as the hub's own user (exec_prefix ""); query and cancel commands get
+    SLURM_CONF through `env` (batchspawner runs them without the spawner's environment) and the
+    job gets it through Spawner.environment. Hub users have no Unix account, so each user's
+    req_homedir is set (and created) under the hub's folder by a pre-spawn hook, and the one
+    method of batchspawner that still looks the user up with pwd (UserEnvMixin.user_env: USER,
+    HOME, SHELL of the job) is overridden to use req_homedir, as fedhub's SlurmSiteSpawner does.
+    Everything else, the batch script included, is batchspawner's default."""
+
+    kind = "plain-slurm"
+
+    def __init__(self, folder: Path, cluster, label: str = "plain-slurm", nprocs: int = 1,
+                 memory: str = "", runtime: str = "8:00:00", **kw):
+        self.cluster, self.nprocs, self.memory, self.runtime = cluster, nprocs, memory, runtime
+        super().__init__(folder, label=label, **kw)
+
+    def spawner_config(self, environment: dict) -> str:
+        conf = str(self.cluster.conf)
+        homes = str(self.folder / "homes")
+        env = {**environment, "SLURM_CONF": conf}
+        return (
+            "import os\n"
+            "import batchspawner  # registers the hub's /api/batchspawner handler (job -> port)\n"
+            "\n"
+            "class SlurmSpawnerNoUnixUser(batchspawner.SlurmSpawner):\n"
+            "    def user_env(self, env):  # batchspawner's own looks HOME/SHELL up with pwd\n"
+            "        env['USER'] = self.user.name\n"
+            "        env['HOME'] = self.req_homedir\n"
+            "        return env\n"
+            "\n"
+            "def _homedir(spawner):\n"
+            f"    spawner.req_homedir = os.path.join({homes!r}, spawner.user.name)\n"
+            "    os.makedirs(spawner.req_homedir, exist_ok=True)\n"
+            "\n"
+            "c.JupyterHub.spawner_class = SlurmSpawnerNoUnixUser\n"
+            "c.Spawner.pre_spawn_hook = _homedir\n"
+            f"c.Spawner.environment = {env!r}\n"
+            "c.SlurmSpawner.exec_prefix = ''\n"
+            f"c.SlurmSpawner.batch_query_cmd = \"env SLURM_CONF={conf} squeue -h -j {{job_id}} -o '%T %B'\"\n"
+            f"c.SlurmSpawner.batch_cancel_cmd = 'env SLURM_CONF={conf} scancel {{job_id}}'\n"
+            f"c.SlurmSpawner.req_partition = {self.cluster.partition!r}\n"
+            f"c.SlurmSpawner.req_nprocs = {str(self.nprocs)!r}\n"
+            f"c.SlurmSpawner.req_memory = {self.memory!r}\n"
+            f"c.SlurmSpawner.req_runtime = {self.runtime!r}\n"
+        )
+
+    def job_id(self, name: str) -> str:
+        return ((self.server(name) or {}).get("state") or {}).get("job_id", "")
+
+
+# ---------------------------------------------------------------- Slurm clusters
+
+def slurm_cluster_class():
+    """tests/slurm_cluster.py's SlurmCluster: a real slurmctld + slurmd, fake GPUs via GRES."""
+    tests = str(ROOT / "tests")
+    if tests not in sys.path:
+        sys.path.insert(0, tests)
+    from slurm_cluster import SlurmCluster
+
+    return SlurmCluster
+
+
+def slurm_site(name: str, cluster, gpu_type: str, **options) -> dict:
+    """A catalogue entry (kind: slurm) for a SlurmCluster, as tests/test_slurm.py writes it."""
+    return {"name": name, "kind": "slurm", "gpus": [{"type": gpu_type, "count": cluster.gpus}],
+            "options": {"slurm_conf": str(cluster.conf), "partition": cluster.partition, **options}}
+
+
+def slurm_catalogue(*sites: dict, cpus: float = 1, memory: str = "512M") -> str:
+    import json
+
+    return json.dumps({"sites": list(sites), "defaults": {"cpus": cpus, "memory": memory}})  # JSON is YAML
+
+
+def slurm_jobs(cluster) -> list[tuple[str, str]]:
+    """(job id, state) of every job the cluster knows; [] when its controller does not answer."""
+    try:
+        return [tuple(line.split()[:2]) for line in cluster.jobs()]
+    except Exception:
+        return []
+
+
+def stop_cluster(cluster, timeout: float = 20) -> int:
+    """scancel every job, wait for the queue to empty, stop slurmd and slurmctld, then kill job
+    steps (slurmstepd and what it runs) that outlived them; returns how many jobs were left."""
+    left = 0
+    with contextlib.suppress(Exception):
+        cluster.run("scancel", "--full", "-u", "root", check=False)
+        deadline = time.monotonic() + timeout
+        while slurm_jobs(cluster) and time.monotonic() < deadline:
+            time.sleep(0.5)
+        left = len(slurm_jobs(cluster))
+    with contextlib.suppress(Exception):
+        cluster.stop()
+    conf = str(cluster.conf)
+    for proc in psutil.process_iter(["pid"]):
+        with contextlib.suppress(psutil.Error, OSError):
+            if proc.pid != os.getpid() and proc.environ().get("SLURM_CONF") == conf:
+                proc.kill()
+    return left
 
 
 @contextlib.contextmanager

@@ -173,6 +173,7 @@ def render() -> str:
         "- [`fedhub up` (FedhubUp)](#fedhub-up-fedhubup)",
         "- [FederatedSpawner](#federatedspawner)",
         "- [LocalSiteSpawner](#localsitespawner)",
+        "- [SlurmSiteSpawner](#slurmsitespawner)",
         "- [Other JupyterHub settings that `fedhub up` makes](#other-jupyterhub-settings-that-fedhub-up-makes)",
         "",
     ]
@@ -248,6 +249,20 @@ def render() -> str:
     for name, trait in sorted(LocalSiteSpawner.class_own_traits(config=True).items()):
         L += trait_section(LocalSiteSpawner, name, trait, set_by_up=set_by_up(LocalSiteSpawner, name))
 
+    # ---- SlurmSiteSpawner
+    from fedhub.spawner.backends.slurm import SlurmSiteSpawner
+    L += [
+        "## SlurmSiteSpawner",
+        "",
+        "The spawner of `kind: slurm` sites: batchspawner's SlurmSpawner, adapted for hub users "
+        "without Unix accounts. Per-site settings (slurm.conf, partition, account, QoS, runtime, "
+        "host map) come from the catalogue's `options` (see [site-operators.md](site-operators.md)); "
+        "these traits apply to every Slurm site. Set them as `c.SlurmSiteSpawner.<name>`.",
+        "",
+    ]
+    for name, trait in sorted(SlurmSiteSpawner.class_own_traits(config=True).items()):
+        L += trait_section(SlurmSiteSpawner, name, trait, set_by_up=set_by_up(SlurmSiteSpawner, name))
+
     # ---- what fedhub up sets elsewhere
     L += [
         "## Other JupyterHub settings that `fedhub up` makes",
@@ -259,7 +274,7 @@ def render() -> str:
         "(`--admin`, the default shared-password login, MLflow on).",
         "",
     ]
-    documented = {FederatedSpawner.__name__, LocalSiteSpawner.__name__}
+    documented = {FederatedSpawner.__name__, LocalSiteSpawner.__name__, "SlurmSiteSpawner"}
     always = _names(fedhub_up_config(everything=False))
     for section, name in sorted(_names(up_config)):
         marks = []

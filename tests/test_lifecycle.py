@@ -33,8 +33,8 @@ def test_broken_catalogue_stops_fedhub_up_with_a_clear_error(tmp_path):
 
 
 @pytest.mark.parametrize("extra, message", [
-    ("sites:\n  - {name: hpc, kind: slurm, cpus: 1, memory: 1G}\n",
-     "sites.yaml: sites[0].kind: expected a kind this fedhub version has a backend for: ['local'], got 'slurm'"),
+    ("sites:\n  - {name: hpc, kind: slurm, options: {slurm_conf: /nonexistent/slurm.conf}}\n",
+     "sites.yaml: sites[0].options.slurm_conf: expected an existing slurm.conf, got '/nonexistent/slurm.conf'"),
     ("sites:\n  - {name: a, kind: local, cpus: 1, memory: 1G}\n",
      "sites.yaml + FederatedSpawner.catalogue: sites[0].cpus: expected a positive number, got -1"),
 ])

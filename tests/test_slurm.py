@@ -139,14 +139,14 @@ def test_a_job_slurm_holds_back_pends_with_slurms_reason_in_progress(hub, cluste
                 continue
             event = json.loads(line[5:])
             messages.append(event.get("message", ""))
-            if "pending in hpc-b's queue (reason: PartitionDown)" in event.get("message", ""):
+            if "pending in hpc-b's queue (reason: PartitionDown, position 1 in the queue)" in event.get("message", ""):
                 b.run("scontrol", "update", "PartitionName=batch", "State=UP")
             if event.get("ready") or event.get("failed"):
                 break
         poster.join()
         text = "\n".join(messages)
         assert "Placed on hpc-b" in text
-        assert "pending in hpc-b's queue (reason: PartitionDown)" in text, text
+        assert "pending in hpc-b's queue (reason: PartitionDown, position 1 in the queue)" in text, text
         assert hub.wait_ready("pia", timeout=120)["state"]["fedhub"]["allocation"]["site"] == "hpc-b"
     finally:
         b.run("scontrol", "update", "PartitionName=batch", "State=UP")

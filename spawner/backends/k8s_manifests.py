@@ -40,7 +40,8 @@ def to_dict(obj: Any) -> dict:
 def session_traits(*, cpus: float, memory: int, gpus: int = 0, gpu_product: str = "",
                    gpu_product_label: str = DEFAULT_GPU_PRODUCT_LABEL,
                    tolerations: Iterable[dict] | None = None, node_selector: dict | None = None,
-                   storage: str = "", storage_class: str = "", home: str = DEFAULT_HOME) -> dict:
+                   storage: str = "", storage_class: str = "", home: str = DEFAULT_HOME,
+                   prefer_node: str = "") -> dict:
     """KubeSpawner trait values for a session's resources.
 
     Requests equal limits (Guaranteed QoS): placement counted exactly this much, so the pod
@@ -48,14 +49,19 @@ def session_traits(*, cpus: float, memory: int, gpus: int = 0, gpu_product: str 
     picks the devices and sets CUDA_VISIBLE_DEVICES), a node selector on the product label
     (so the scheduler agrees with placement on the type) and tolerations for the GPU taint
     (default: NVIDIA's `nvidia.com/gpu:NoSchedule`). `tolerations` apply to GPU sessions only,
-    so CPU sessions stay off tainted GPU nodes.
+    so CPU sessions stay off tainted GPU nodes. `prefer_node` (the node placement chose) is a
+    preference, not a rule: the scheduler may still use another node that fits.
     """
     selector = dict(node_selector or {})
     traits: dict[str, Any] = {
         "cpu_guarantee": float(cpus), "cpu_limit": float(cpus),
         "mem_guarantee": int(memory), "mem_limit": int(memory),
         "extra_resource_limits": {}, "node_selector": selector, "tolerations": [],
+        "node_affinity_preferred": [],
     }
+    if prefer_node:
+        traits["node_affinity_preferred"] = [{"weight": 100, "preference": {"matchFields": [
+            {"key": "metadata.name", "operator": "In", "values": [prefer_node]}]}}]
     if gpus:
         if not gpu_product:
             raise ValueError("a GPU session needs the GPU product its node selector targets")
@@ -90,11 +96,12 @@ def pod_manifest(*, name: str, image: str = DEFAULT_IMAGE, cpus: float, memory: 
                  tolerations: Iterable[dict] | None = None, node_selector: dict | None = None,
                  storage: str = "", storage_class: str = "", pvc_name: str = "",
                  env: dict | None = None, cmd: list[str] | None = None, port: int = 8888,
-                 labels: dict | None = None, home: str = DEFAULT_HOME) -> dict:
+                 labels: dict | None = None, home: str = DEFAULT_HOME, prefer_node: str = "") -> dict:
     """The session pod, built as KubeSpawner.get_pod_manifest() builds it from the same traits."""
     t = session_traits(cpus=cpus, memory=memory, gpus=gpus, gpu_product=gpu_product,
                        gpu_product_label=gpu_product_label, tolerations=tolerations,
-                       node_selector=node_selector, storage=storage, storage_class=storage_class, home=home)
+                       node_selector=node_selector, storage=storage, storage_class=storage_class, home=home,
+                       prefer_node=prefer_node)
     if storage and not pvc_name:
         raise ValueError("a session with storage needs the name of its claim (pvc_name)")
     pod = make_pod(
@@ -104,6 +111,7 @@ def pod_manifest(*, name: str, image: str = DEFAULT_IMAGE, cpus: float, memory: 
         cpu_guarantee=t["cpu_guarantee"], cpu_limit=t["cpu_limit"],
         mem_guarantee=t["mem_guarantee"], mem_limit=t["mem_limit"],
         extra_resource_limits=t["extra_resource_limits"] or None,
+        node_affinity_preferred=t["node_affinity_preferred"] or None,
         volumes=_with_pvc_name(t.get("volumes", []), pvc_name),
         volume_mounts=t.get("volume_mounts", []),
     )

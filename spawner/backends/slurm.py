@@ -170,12 +170,25 @@ class SlurmSiteSpawner(MultiSlurmSpawner):
         except OSError:
             return host
 
+    async def queue_position(self) -> int | None:
+        """1-based place of this job among the partition's pending jobs, by priority."""
+        part = f"-p {self.req_partition} " if self.req_partition else ""
+        try:
+            out = await self.run_command(f"squeue -h -t PD {part}-o %i --sort=-p,i")
+        except Exception:
+            return None
+        ids = out.split()
+        return ids.index(self.job_id) + 1 if self.job_id in ids else None
+
     async def progress(self):
         last = None
         while True:
             if self.state_ispending():
                 reason = pending_reason(self.job_status) or "waiting"
-                message = f"Job {self.job_id} pending in {self.fedhub_site}'s queue (reason: {reason})"
+                position = await self.queue_position()
+                where = f", position {position} in the queue" if position else ""
+                message = (f"Job {self.job_id} pending in {self.fedhub_site}'s queue "
+                           f"(reason: {reason}{where})")
             elif self.state_isrunning():
                 message = f"Job {self.job_id} running on {self.fedhub_site}; waiting for the server"
             else:
