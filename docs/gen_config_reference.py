@@ -174,6 +174,7 @@ def render() -> str:
         "- [FederatedSpawner](#federatedspawner)",
         "- [LocalSiteSpawner](#localsitespawner)",
         "- [SlurmSiteSpawner](#slurmsitespawner)",
+        "- [KubeSiteSpawner](#kubesitespawner)",
         "- [Other JupyterHub settings that `fedhub up` makes](#other-jupyterhub-settings-that-fedhub-up-makes)",
         "",
     ]
@@ -263,6 +264,20 @@ def render() -> str:
     for name, trait in sorted(SlurmSiteSpawner.class_own_traits(config=True).items()):
         L += trait_section(SlurmSiteSpawner, name, trait, set_by_up=set_by_up(SlurmSiteSpawner, name))
 
+    # ---- KubeSiteSpawner
+    from fedhub.spawner.backends.kubernetes import KubeSiteSpawner
+    L += [
+        "## KubeSiteSpawner",
+        "",
+        "The spawner of `kind: kubernetes` sites: KubeSpawner with one set of reflectors per kube "
+        "context. Per-site settings (context, namespace, image, storage, GPU product labels) come from "
+        "the catalogue's `options` (see [site-operators.md](site-operators.md#kubernetes-sites)). "
+        "Set these as `c.KubeSiteSpawner.<name>`.",
+        "",
+    ]
+    for name, trait in sorted(KubeSiteSpawner.class_own_traits(config=True).items()):
+        L += trait_section(KubeSiteSpawner, name, trait, set_by_up=set_by_up(KubeSiteSpawner, name))
+
     # ---- what fedhub up sets elsewhere
     L += [
         "## Other JupyterHub settings that `fedhub up` makes",
@@ -274,7 +289,7 @@ def render() -> str:
         "(`--admin`, the default shared-password login, MLflow on).",
         "",
     ]
-    documented = {FederatedSpawner.__name__, LocalSiteSpawner.__name__, "SlurmSiteSpawner"}
+    documented = {FederatedSpawner.__name__, LocalSiteSpawner.__name__, "SlurmSiteSpawner", "KubeSiteSpawner"}
     always = _names(fedhub_up_config(everything=False))
     for section, name in sorted(_names(up_config)):
         marks = []

@@ -232,20 +232,25 @@ def test_a_context_missing_from_the_kubeconfig_is_named(tmp_path):
 
 
 class FakeKubeAPI_RecordedLists:
-    """A FAKE of the two CoreV1Api calls the reflectors make (list_node, list_pod_for_all_namespaces;
-    lists and watches, with _preload_content=False as kubespawner calls them). It serves the
-    recorded lists in tests/data/k8s, applies the field and label selectors the reflectors send,
-    and streams the events a test pushes. `unreachable` makes every call fail as a dead API
-    server does."""
+    """A FAKE of the CoreV1Api calls fedhub and KubeSpawner make; no API server runs here.
+
+    Lists and watches (with _preload_content=False, as kubespawner calls them) serve the
+    recorded lists in tests/data/k8s, apply the field, label and namespace selectors sent,
+    and stream the events a test pushes. Creating a pod replays what an API server, the
+    scheduler and the kubelet were seen doing: ADDED (Pending, bound to the preferred node),
+    then MODIFIED (Running, with a pod IP, containers ready). Every request body is kept in
+    `created`, to be validated against the schemas. `cut()` makes every call fail as an
+    unreachable API server does."""
 
     def __init__(self):
-        self.objects = {"nodes": {}, "pods": {}}
-        for kind in self.objects:
+        self.objects = {"nodes": {}, "pods": {}, "events": {}}
+        for kind in ("nodes", "pods"):
             for obj in recorded(kind):
                 self.objects[kind][self._key(obj)] = obj
         self.version = 880400
-        self.watches: dict[str, list[asyncio.Queue]] = {"nodes": [], "pods": []}
+        self.watches: dict[str, list[asyncio.Queue]] = {kind: [] for kind in self.objects}
         self.unreachable: Exception | None = None
+        self.created: list[dict] = []
 
     @staticmethod
     def _key(obj):
@@ -284,9 +289,12 @@ class FakeKubeAPI_RecordedLists:
             for q in queues:
                 q.put_nowait(error)
 
-    async def _call(self, kind, watch=False, field_selector="", label_selector="", timeout_seconds=10, **_):
+    async def _call(self, kind, watch=False, field_selector="", label_selector="", timeout_seconds=10,
+                    namespace=None, **_):
         if self.unreachable is not None:
             raise self.unreachable
+        if namespace:
+            field_selector = ",".join(filter(None, [field_selector, f"metadata.namespace={namespace}"]))
         if watch:
             q: asyncio.Queue = asyncio.Queue()
             self.watches[kind].append(q)
@@ -300,6 +308,44 @@ class FakeKubeAPI_RecordedLists:
 
     async def list_pod_for_all_namespaces(self, **kwargs):
         return await self._call("pods", **kwargs)
+
+    async def list_namespaced_pod(self, namespace, **kwargs):
+        return await self._call("pods", namespace=namespace, **kwargs)
+
+    async def list_namespaced_event(self, namespace, **kwargs):
+        return await self._call("events", namespace=namespace, **kwargs)
+
+    async def create_namespaced_persistent_volume_claim(self, namespace, body):
+        if self.unreachable is not None:
+            raise self.unreachable
+        self.created.append(to_dict(body))
+
+    async def create_namespaced_pod(self, namespace, body):
+        if self.unreachable is not None:
+            raise self.unreachable
+        pod = to_dict(body)
+        self.created.append(copy.deepcopy(pod))
+        pod["metadata"].update(namespace=namespace, uid="3f0c9a52-7d1e-4b8a-9c55-0f6e2d1b7a43",
+                               creationTimestamp="2026-11-24T10:15:02Z")
+        preferred = pod["spec"]["affinity"]["nodeAffinity"]["preferredDuringSchedulingIgnoredDuringExecution"]
+        pod["spec"]["nodeName"] = preferred[0]["preference"]["matchFields"][0]["values"][0]
+        pod["status"] = {"phase": "Pending", "qosClass": "Guaranteed"}
+        self.push("pods", "ADDED", pod)
+        running = copy.deepcopy(pod)
+        running["status"] = {"phase": "Running", "podIP": "10.244.3.77", "hostIP": "10.164.0.21",
+                             "qosClass": "Guaranteed", "startTime": "2026-11-24T10:15:02Z",
+                             "containerStatuses": [{"name": "notebook", "ready": True, "restartCount": 0,
+                                                    "image": pod["spec"]["containers"][0]["image"],
+                                                    "imageID": "", "started": True,
+                                                    "state": {"running": {"startedAt": "2026-11-24T10:15:09Z"}}}]}
+        asyncio.get_running_loop().call_later(0.05, self.push, "pods", "MODIFIED", running)
+
+    async def delete_namespaced_pod(self, name, namespace, body=None, grace_period_seconds=None):
+        if self.unreachable is not None:
+            raise self.unreachable
+        pod = self.objects["pods"].get(f"{namespace}/{name}")
+        if pod is not None:
+            self.push("pods", "DELETED", pod)
 
 
 class _FakeListResponse:
@@ -346,6 +392,7 @@ async def fake_cluster():
     clients = KubeClients("", CONTEXT, apis={"CoreV1Api": fake})
     CLUSTERS[("", CONTEXT, None)] = ClusterWatch(clients, rebuild_delay=0.01, max_retry_delay=0.05)
     yield fake
+    await KubeSiteSpawner._stop_all_reflectors()  # KubeSpawner's own, per namespace and context
     for watch in list(CLUSTERS.values()):
         await watch.stop()
     CLUSTERS.clear()
@@ -395,6 +442,39 @@ async def test_reflectors_keep_the_inventory_live_and_report_health(fake_cluster
     assert gpu_free(inv, "a100") == 5
     for b in fed.backends.values():
         await b.stop_watching()
+
+
+async def test_kubespawner_starts_and_stops_a_session_through_the_site_client(fake_cluster):
+    fed = Federation(catalogue(site_doc({"storage": "10Gi"})))
+    backend = fed.backends["k8s-gpu"]
+    inv = backend.inventory
+    await until(lambda: inv.up)
+    req = SessionRequest(cpus=2, memory=8 * G, gpus=1, gpu_type="a100")
+    cand = rank_sites(req, [inv]).candidates[0]
+    alloc = fed.reserve(("erin", ""), cand, req, {})
+    overrides = backend.spawner_overrides(alloc, req)  # as FederatedSpawner builds the site's spawner
+    spawner = KubeSiteSpawner(
+        user=SimpleNamespace(name="erin", id=5, url="/user/erin/"), environment=overrides.pop("environment"),
+        hub=SimpleNamespace(public_host="", url="http://hub:8081/hub/", base_url="/",
+                            api_url="http://hub:8081/hub/api"), **overrides)
+    spawner.api_token = "token-of-erins-server"
+
+    url = await spawner.start()
+    assert url == "http://10.244.3.77:8888"
+    pvc, pod = fake_cluster.created  # what the API server received: both valid, strictly
+    validate(pvc)
+    validate(pod)
+    assert (pvc["kind"], pod["kind"]) == ("PersistentVolumeClaim", "Pod")
+    assert pod["spec"]["containers"][0]["resources"]["limits"][GPU_RESOURCE] == 1
+    assert pod["spec"]["volumes"][0]["persistentVolumeClaim"]["claimName"] == pvc["metadata"]["name"]
+    await asyncio.sleep(0.1)
+    assert gpu_free(inv, "a100") == 4  # the pod counts, once
+
+    fed.set_status(("erin", ""), "running")
+    await spawner.stop(now=True)
+    fed.release(("erin", ""))
+    await until(lambda: gpu_free(inv, "a100") == 5)
+    await backend.stop_watching()
 
 
 async def test_a_starting_session_is_counted_once(fake_cluster):
@@ -459,3 +539,13 @@ def test_the_operator_guide_examples_are_what_the_code_does(tmp_path):
         with pytest.raises(CatalogueError) as e:
             Federation(catalogue({"name": "here", "kind": "local", "cpus": 4, "memory": "8G"}, site_doc(options)))
         assert str(e.value) in section
+
+
+def test_a_session_restored_after_a_hub_restart_counts_before_the_first_list():
+    fed = Federation(catalogue(site_doc()))  # no event loop: nothing is watched yet
+    inv = fed.backends["k8s-gpu"].inventory
+    alloc = Allocation("k8s-gpu", "gpu-a100-2", 2.0, 8 * G, "a100", (0,))
+    assert fed.restore(("carol", ""), alloc, {"status": "running"}) == alloc
+    assert inv.sessions == 1 and not inv.nodes  # its pod is counted by the cluster's view, once it arrives
+    fed.release(("carol", ""))
+    assert inv.sessions == 0

@@ -201,6 +201,9 @@ class KubeSiteSpawner(KubeSpawner):
         return (*super()._get_reflector_key(kind), self.kube_clients.key)
 
     async def _start_reflector(self, kind, reflector_class, replace=False, **kwargs):
+        current = self.__class__.reflectors.get(self._get_reflector_key(kind))
+        if current is not None and current.watch_task is not None and current.watch_task.done():
+            replace = True  # it gave up during an API outage; the site is back, so start afresh
         return await super()._start_reflector(kind, _site_bound(reflector_class), replace=replace, **kwargs)
 
     def _build_pod_labels(self, extra_labels):
