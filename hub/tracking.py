@@ -24,9 +24,40 @@ from jupyterhub.services.auth import HubOAuthCallbackHandler, HubOAuthenticated
 from jupyterhub.utils import url_path_join
 from tornado import httpclient, web
 
+from .tracking_auth import ADMIN_HEADER, SECRET_ENV, SECRET_HEADER, USER_HEADER
+
 HOP_BY_HOP = {"connection", "keep-alive", "proxy-authenticate", "proxy-authorization", "te",
               "trailers", "transfer-encoding", "upgrade", "host", "content-length",
               "authorization", "cookie"}
+# headers only the gate may set: a client sending them is ignored
+GATE_HEADERS = {h.lower() for h in (USER_HEADER, ADMIN_HEADER, SECRET_HEADER)}
+
+AUTH_INI = """[mlflow]
+default_permission = NO_PERMISSIONS
+database_uri = {database_uri}
+admin_username = fedhub-admin
+admin_password = {admin_password}
+authorization_function = fedhub.hub.tracking_auth:authenticate_hub_user
+grant_default_workspace_access = true
+"""
+
+
+def stored_secret(path: Path) -> str:
+    """A random secret kept in the data dir, so it survives restarts."""
+    if not path.exists():
+        path.write_text(secrets.token_urlsafe(24))
+        path.chmod(0o600)
+    return path.read_text().strip()
+
+
+def write_auth_config(data_dir: Path, database_uri: str = "") -> Path:
+    """MLflow auth app settings: every user starts with no access to others' experiments."""
+    ini = data_dir / "auth.ini"
+    ini.write_text(AUTH_INI.format(
+        database_uri=database_uri or f"sqlite:///{data_dir / 'mlflow-auth.db'}",
+        admin_password=stored_secret(data_dir / "mlflow-admin-password")))
+    ini.chmod(0o600)
+    return ini
 
 
 def mlflow_command(port: int, data_dir: Path, prefix: str, backend_store_uri: str = "",
@@ -40,6 +71,7 @@ def mlflow_command(port: int, data_dir: Path, prefix: str, backend_store_uri: st
         "--artifacts-destination", artifacts_destination or str(data_dir / "mlartifacts"),
         "--static-prefix", prefix.rstrip("/"),
         "--workers", "1",
+        "--app-name", "basic-auth",
     ]
 
 
@@ -63,8 +95,11 @@ class GateHandler(HubOAuthenticated, web.RequestHandler):
     @web.authenticated
     async def proxy(self, *args):
         upstream = self.settings["mlflow_url"] + self.request.uri
-        headers = {k: v for k, v in self.request.headers.get_all() if k.lower() not in HOP_BY_HOP}
-        headers["X-Fedhub-User"] = self.current_user["name"]
+        headers = {k: v for k, v in self.request.headers.get_all()
+                   if k.lower() not in HOP_BY_HOP and k.lower() not in GATE_HEADERS}
+        headers[USER_HEADER] = self.current_user["name"]
+        headers[ADMIN_HEADER] = "1" if self.current_user.get("admin") else "0"
+        headers[SECRET_HEADER] = self.settings["gate_secret"]
         body = self.request.body if self.request.method in ("POST", "PUT", "PATCH", "DELETE") else None
         if self.request.method == "DELETE" and not body:
             body = None
@@ -89,10 +124,10 @@ class GateHandler(HubOAuthenticated, web.RequestHandler):
     get = head = post = put = patch = delete = options = proxy
 
 
-def make_gate(prefix: str, mlflow_url: str) -> web.Application:
+def make_gate(prefix: str, mlflow_url: str, gate_secret: str) -> web.Application:
     return web.Application(
         [(url_path_join(prefix, "oauth_callback"), HubOAuthCallbackHandler), (r"/.*", GateHandler)],
-        cookie_secret=secrets.token_bytes(32), mlflow_url=mlflow_url,
+        cookie_secret=secrets.token_bytes(32), mlflow_url=mlflow_url, gate_secret=gate_secret,
     )
 
 
@@ -107,14 +142,17 @@ def main(argv=None):
     prefix = os.environ.get("JUPYTERHUB_SERVICE_PREFIX", "/services/mlflow/")
     data_dir = Path(args.data_dir)
     data_dir.mkdir(parents=True, exist_ok=True)
-    env = {**os.environ, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false", "TMPDIR": str(data_dir)}
+    gate_secret = secrets.token_urlsafe(32)  # new each start; only the gate and mlflow know it
+    env = {**os.environ, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false", "TMPDIR": str(data_dir),
+           SECRET_ENV: gate_secret, "MLFLOW_AUTH_CONFIG_PATH": str(write_auth_config(data_dir)),
+           "MLFLOW_FLASK_SERVER_SECRET_KEY": stored_secret(data_dir / "mlflow-flask-secret")}
     mlflow = subprocess.Popen(
         mlflow_command(args.mlflow_port, data_dir, prefix, args.backend_store_uri, args.artifacts_destination),
         env=env, start_new_session=True,
     )
 
     try:
-        asyncio.run(_serve(make_gate(prefix, f"http://127.0.0.1:{args.mlflow_port}"), args.port, mlflow))
+        asyncio.run(_serve(make_gate(prefix, f"http://127.0.0.1:{args.mlflow_port}", gate_secret), args.port, mlflow))
     finally:
         _stop_group(mlflow)
 

@@ -126,6 +126,27 @@ def test_mlflow_only_with_hub_login_and_runs_survive_a_restart(hub_factory):
     assert denied.returncode != 0
     assert "UNAUTHENTICATED: Authentication required: send your hub token" in denied.stderr
 
+    # isolation: MLflow's own permissions keep another hub user out of rui's experiment
+    other = hub.create_user("eve")
+    search = "/api/2.0/mlflow/experiments/search?max_results=100"
+    r = requests.get(f"{url}/api/2.0/mlflow/runs/get?run_id={run_id}", headers={"Authorization": f"token {other}"})
+    assert r.status_code == 403 and "Permission denied" in r.text
+    names = {e["name"] for e in requests.get(url + search, headers={"Authorization": f"token {other}"}).json().get("experiments", [])}
+    assert "e2e" not in names
+    # a client cannot pose as another user through the gate's headers
+    r = requests.get(f"{url}/api/2.0/mlflow/runs/get?run_id={run_id}",
+                     headers={"Authorization": f"token {other}", "X-Fedhub-User": "rui", "X-Fedhub-Gate": "guess"})
+    assert r.status_code == 403
+    # eve's own work is hers, through the unmodified client
+    env["MLFLOW_TRACKING_TOKEN"] = other
+    out = subprocess.run([sys.executable, "-c", script.replace("'e2e'", "'eve-exp'")], env=env,
+                         capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    names = {e["name"] for e in requests.get(url + search, headers={"Authorization": f"token {other}"}).json()["experiments"]}
+    assert "eve-exp" in names and "e2e" not in names
+    names = {e["name"] for e in requests.get(url + search, headers={"Authorization": f"token {token}"}).json()["experiments"]}
+    assert "e2e" in names and "eve-exp" not in names
+
     hub.stop()
     hub.start()
     deadline = time.monotonic() + 120
