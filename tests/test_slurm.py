@@ -77,7 +77,7 @@ def test_live_inventory_from_both_clusters(hub, clusters):
     assert s["hpc-b"]["cpus"]["capacity"] == 4 and s["hpc-b"]["nodes"] == 1
     # a job started outside fedhub shows up in the inventory at the next poll
     a, _ = clusters
-    job = a.run("sbatch", "--parsable", "--gres=gpu:a100:1", "--mem=100M", "--wrap", "sleep 300").stdout.strip()
+    job = a.run("sbatch", "--parsable", "--gres=gpu:a100:1", "--mem=100M", "--output=/dev/null", "--wrap", "sleep 300").stdout.strip()
     try:
         wait_for(lambda: sites(hub, token)["hpc-a"]["gpus"][0]["free"] == 1, what="external job counted")
     finally:
@@ -109,7 +109,7 @@ def test_busy_gpus_send_auto_elsewhere_and_a_named_site_is_refused_with_the_reas
     hub.create_user("quinn")
     hub.create_user("pat")
     token = hub.create_user("obs")
-    blocker = b.run("sbatch", "--parsable", "--gres=gpu:h100:1", "--mem=100M", "--wrap", "sleep 600").stdout.strip()
+    blocker = b.run("sbatch", "--parsable", "--gres=gpu:h100:1", "--mem=100M", "--output=/dev/null", "--wrap", "sleep 600").stdout.strip()
     try:
         wait_for(lambda: sites(hub, token)["hpc-b"]["gpus"][0]["free"] == 0, what="blocker counted")
         # auto placement with any GPU: hpc-b's only GPU is busy, so hpc-a

@@ -61,6 +61,7 @@ def test_pending_reason():
     ({"partitoin": "x"}, "sites.yaml: sites[0].options.partitoin: expected one of the Slurm site options"),
     ({"poll_interval": 0}, "sites.yaml: sites[0].options.poll_interval: expected a positive number of seconds, got 0"),
     ({"hosts": ["a"]}, "sites.yaml: sites[0].options.hosts: expected a map of node name -> address"),
+    ({"runtime": 14400}, "sites.yaml: sites[0].options.runtime: expected a Slurm time string in quotes"),
 ])
 def test_bad_slurm_options_name_the_key(tmp_path, options, message):
     with pytest.raises(CatalogueError) as e:
@@ -89,5 +90,5 @@ def test_overrides_become_a_batch_script_with_gres(tmp_path):
                  "#SBATCH --qos=short", "#SBATCH --time=2:00:00", "#SBATCH --cpus-per-task=2",
                  "#SBATCH --mem=4096M", "srun batchspawner-singleuser jupyterhub-singleuser"):
         assert line in script
-    cpu_only = b.spawner_overrides(Allocation("hpc", "nodea", 1, 2**30), SessionRequest())
-    assert cpu_only["req_gres"] == ""
+    cpu_only = b.spawner_overrides(Allocation("hpc", "nodea", 2.5, 2**30), SessionRequest())
+    assert cpu_only["req_gres"] == "" and cpu_only["req_nprocs"] == "3"  # never fewer CPUs than asked

@@ -17,6 +17,7 @@ The inventory comes from one poller per cluster (`sinfo`), shared by all spawner
 from __future__ import annotations
 
 import asyncio
+import math
 import os
 import re
 import socket
@@ -220,6 +221,10 @@ class SlurmBackend(SiteBackend):
             value = site.options.get(key, 1)
             if isinstance(value, bool) or not isinstance(value, (int, float)) or value <= 0:
                 raise SiteOptionError(key, "a positive number of seconds", value)
+        if "runtime" in site.options and not isinstance(site.options["runtime"], str):
+            # unquoted 4:00:00 is a YAML sexagesimal number (14400), which Slurm reads as minutes
+            raise SiteOptionError("runtime", "a Slurm time string in quotes, e.g. '4:00:00'",
+                                  site.options["runtime"])
         if not isinstance(site.options.get("hosts", {}), dict):
             raise SiteOptionError("hosts", "a map of node name -> address", site.options["hosts"])
         self.slurm_conf = str(site.options["slurm_conf"])
@@ -266,8 +271,9 @@ class SlurmBackend(SiteBackend):
                 inv._index(node)
 
     async def poll_once(self) -> None:
+        partition = ["-p", str(self.site.options["partition"])] if self.site.options.get("partition") else []
         proc = await asyncio.create_subprocess_exec(
-            "sinfo", "-N", "-h", "-O", SINFO_FORMAT, env=self.env,
+            "sinfo", "-N", "-h", *partition, "-O", SINFO_FORMAT, env=self.env,
             stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
         try:
             out, err = await asyncio.wait_for(proc.communicate(), timeout=max(10, self.poll_interval * 2))
@@ -316,12 +322,13 @@ class SlurmBackend(SiteBackend):
             self.pending.remove(allocation)
 
     async def start_watching(self, on_change=lambda: None) -> None:
-        key = self.slurm_conf
+        # one poller per site: sites may be different partitions of one cluster
+        key = f"{self.slurm_conf}#{self.site.name}"
         if key not in SlurmBackend._pollers or SlurmBackend._pollers[key].done():
             SlurmBackend._pollers[key] = asyncio.ensure_future(self._poll_forever(on_change))
 
     async def stop_watching(self) -> None:
-        task = SlurmBackend._pollers.pop(self.slurm_conf, None)
+        task = SlurmBackend._pollers.pop(f"{self.slurm_conf}#{self.site.name}", None)
         if task:
             task.cancel()
 
@@ -341,7 +348,7 @@ class SlurmBackend(SiteBackend):
             "req_account": str(o.get("account", "")),
             "req_qos": str(o.get("qos", "")),
             "req_runtime": str(o.get("runtime", "8:00:00")),
-            "req_nprocs": str(max(1, int(round(allocation.cpus)))),
+            "req_nprocs": str(max(1, math.ceil(allocation.cpus - 1e-9))),
             "req_memory": f"{max(1, allocation.memory // 2**20)}M",
             "req_gres": gres,
             "daemon_resolver": dict(o.get("hosts", {})),
