@@ -1,0 +1,74 @@
+"""The researcher's journey in a real browser: Debian's Chromium driven by Playwright,
+through the real hub, into the real JupyterLab with fedhub's panels. Screenshots land in
+docs/screenshots/ for the panel pages."""
+
+from pathlib import Path
+
+import pytest
+from playwright.sync_api import expect, sync_playwright
+
+pytestmark = pytest.mark.hub
+
+SHOTS = Path(__file__).resolve().parents[1] / "docs" / "screenshots"
+CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+                 "--disable-background-networking", "--disable-component-update", "--disable-sync",
+                 "--disable-dev-shm-usage"]
+
+
+@pytest.fixture(scope="module")
+def hub(module_hub_factory):
+    return module_hub_factory(None, args=[]).start()  # default catalogue, MLflow on
+
+
+@pytest.fixture(scope="module")
+def browser():
+    with sync_playwright() as p:
+        b = p.chromium.launch(executable_path="/usr/bin/chromium", headless=True, args=CHROMIUM_ARGS)
+        yield b
+        b.close()
+
+
+@pytest.fixture(scope="module")
+def lab(hub, browser):
+    """Log in through the hub's form, spawn from the spawn form, land in JupyterLab."""
+    SHOTS.mkdir(parents=True, exist_ok=True)
+    page = browser.new_page(viewport={"width": 1400, "height": 900})
+    page.set_default_timeout(60_000)
+    page.goto(f"{hub.url}/hub/login")
+    page.get_by_label("Username").fill("ada")
+    page.get_by_label("Password").fill(hub.shared_password)
+    page.get_by_role("button", name="Sign in").click()
+    expect(page.get_by_role("table", name="Free capacity per site")).to_be_visible()
+    page.get_by_label("GPU type").select_option("t4")
+    page.get_by_label("GPUs").fill("1")
+    page.screenshot(path=str(SHOTS / "spawn-form.png"))
+    page.get_by_role("button", name="Start").click()
+    page.wait_for_url("**/user/ada/lab**", timeout=180_000)
+    page.locator(".jp-LabShell").wait_for()
+    yield page
+    page.close()
+
+
+def open_side_panel(page, title: str):
+    tab = page.locator(f".jp-SideBar .lm-TabBar-tab[title='{title}']")
+    if tab.count() == 0:
+        tab = page.get_by_role("tab", name=title)
+    tab.first.click()
+    panel = page.get_by_role("region", name=title)
+    if panel.count() == 0:
+        panel = page.locator(f"[aria-label='{title}']").first
+    return panel
+
+
+def test_lab_status_bar_names_the_site_and_gpu(lab):
+    expect(lab.locator("#fedhub-status")).to_contain_text("local-b", timeout=60_000)
+    expect(lab.locator("#fedhub-status")).to_contain_text("t4")
+
+
+def test_sites_panel_shows_live_inventory(lab):
+    open_side_panel(lab, "Sites")
+    table = lab.get_by_role("table", name="Sites")
+    expect(table).to_contain_text("local-a", timeout=60_000)
+    expect(table).to_contain_text("local-b")
+    expect(table).to_contain_text("t4")
+    lab.screenshot(path=str(SHOTS / "sites-panel.png"))
