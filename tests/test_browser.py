@@ -5,6 +5,7 @@ docs/screenshots/ for the panel pages."""
 from pathlib import Path
 
 import pytest
+import requests
 from playwright.sync_api import expect, sync_playwright
 
 pytestmark = pytest.mark.hub
@@ -72,3 +73,37 @@ def test_sites_panel_shows_live_inventory(lab):
     expect(table).to_contain_text("local-b")
     expect(table).to_contain_text("t4")
     lab.screenshot(path=str(SHOTS / "sites-panel.png"))
+
+
+def run_cell_in_notebook(page, hub, user: str, name: str, code: str, expect_output: str):
+    """Create an empty notebook in the user's home, open it in JupyterLab, type one cell, save, run."""
+    token = hub.create_user(user)
+    nb = {"cells": [{"cell_type": "code", "source": "", "metadata": {}, "outputs": [], "execution_count": None}],
+          "metadata": {"kernelspec": {"name": "python3", "display_name": "Python 3", "language": "python"}},
+          "nbformat": 4, "nbformat_minor": 5}
+    r = requests.put(f"{hub.url}/user/{user}/api/contents/{name}", headers={"Authorization": f"token {token}"},
+                     json={"type": "notebook", "format": "json", "content": nb})
+    assert r.status_code in (200, 201), r.text
+    page.goto(f"{hub.url}/user/{user}/lab/tree/{name}")
+    cell = page.locator(".jp-Notebook .jp-Cell").first
+    cell.locator(".cm-content").click()
+    page.keyboard.type(code)
+    page.keyboard.press("Control+s")
+    page.keyboard.press("Shift+Enter")
+    expect(cell.locator(".jp-OutputArea-output[data-mime-type*=stdout]")).to_contain_text(expect_output, timeout=120_000)
+
+
+def test_a_cell_logs_a_run_and_the_experiments_panel_charts_it(lab, hub):
+    code = ("import mlflow; mlflow.set_experiment('browser'); r = mlflow.start_run(run_name='from-browser'); "
+            "[mlflow.log_metric('acc', 0.80 + i / 100, step=i) for i in range(5)]; "
+            "mlflow.log_param('lr', 0.1); mlflow.end_run(); print('logged', r.info.run_id)")
+    run_cell_in_notebook(lab, hub, "ada", "browser.ipynb", code, "logged")
+    open_side_panel(lab, "Experiments")
+    lab.get_by_role("button", name="Refresh").first.click()
+    lab.get_by_label("Experiment", exact=True).select_option(label="browser")
+    runs = lab.get_by_role("table", name="Runs")
+    expect(runs).to_contain_text("from-browser", timeout=60_000)
+    expect(runs).to_contain_text("0.84")
+    runs.get_by_role("button", name="from-browser").click()
+    expect(lab.get_by_label("acc chart")).to_be_visible(timeout=60_000)
+    lab.screenshot(path=str(SHOTS / "experiments-panel.png"))
