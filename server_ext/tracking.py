@@ -46,6 +46,8 @@ class Tracking:
         return self._client
 
     async def run(self, fn, *args, **kwargs):
+        if self.executor is None:
+            return fn(*args, **kwargs)
         return await asyncio.get_running_loop().run_in_executor(self.executor, lambda: fn(*args, **kwargs))
 
     def experiments(self, max_results: int, page_token: str | None) -> dict:
