@@ -188,6 +188,24 @@ class Hub:
         for s in self._sessions:
             s.close()
 
+    def restart(self, timeout: float = 60) -> float:
+        """Stop the hub process alone (SIGINT, then its process group if it hangs; single-user
+        servers a --keep-servers hub leaves running, e.g. Slurm jobs, are not touched) and start
+        it again on the same ports; returns seconds from the signal until its API answers."""
+        t0 = time.perf_counter()
+        with contextlib.suppress(Exception):
+            self.descendants()
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGINT)
+            try:
+                self.proc.wait(timeout)
+            except subprocess.TimeoutExpired:
+                with contextlib.suppress(ProcessLookupError, PermissionError):
+                    os.killpg(self.proc.pid, signal.SIGKILL)
+                self.proc.wait(10)
+        self.start()
+        return time.perf_counter() - t0
+
     def kill_leftovers(self) -> int:
         """Kill single-user servers (and anything else this hub started) that outlived it."""
         killed = 0
@@ -300,16 +318,30 @@ class FedhubHub(Hub):
 
     kind = "fedhub"
 
-    def __init__(self, folder: Path, catalogue_yaml: str | None = None, label: str = "fedhub"):
+    def __init__(self, folder: Path, catalogue_yaml: str | None = None, label: str = "fedhub",
+                 extra_args: Iterable[str] = ()):
         super().__init__(label, folder)
         self.data_dir = self.folder
+        self.extra_args = list(extra_args)  # e.g. ["--keep-servers"]
         if catalogue_yaml is not None:
             (self.data_dir / "sites.yaml").write_text(catalogue_yaml)
         (self.data_dir / "jupyterhub_config.py").write_text(bench_service_config(self.token))
 
     def command(self) -> list[str]:
         return [PYTHON, "-m", "fedhub.server_ext.cli", "up", "--no-mlflow", "--port", str(self.port),
-                "--data-dir", str(self.data_dir)]
+                "--data-dir", str(self.data_dir), *self.extra_args]
+
+    def snapshot(self) -> dict:
+        """The live inventory snapshot the hub writes for its API service (sites, sessions)."""
+        import json
+
+        try:
+            return json.loads((self.data_dir / "state" / "inventory.json").read_text())
+        except (FileNotFoundError, ValueError):
+            return {"sites": [], "sessions": []}
+
+    def sites(self) -> dict[str, dict]:
+        return {s["name"]: s for s in self.snapshot().get("sites", [])}
 
 
 class PlainHub(Hub):
@@ -370,13 +402,15 @@ class PlainSlurmHub(PlainHub):
     req_homedir is set (and created) under the hub's folder by a pre-spawn hook, and the one
     method of batchspawner that still looks the user up with pwd (UserEnvMixin.user_env: USER,
     HOME, SHELL of the job) is overridden to use req_homedir, as fedhub's SlurmSiteSpawner does.
-    Everything else, the batch script included, is batchspawner's default."""
+    Everything else, the batch script included, is batchspawner's default; with
+    get_user_env=False its `#SBATCH --get-user-env=L` line is dropped (fedhub's script has none)."""
 
     kind = "plain-slurm"
 
     def __init__(self, folder: Path, cluster, label: str = "plain-slurm", nprocs: int = 1,
-                 memory: str = "", runtime: str = "8:00:00", **kw):
+                 memory: str = "", runtime: str = "8:00:00", get_user_env: bool = True, **kw):
         self.cluster, self.nprocs, self.memory, self.runtime = cluster, nprocs, memory, runtime
+        self.get_user_env = get_user_env
         super().__init__(folder, label=label, **kw)
 
     def spawner_config(self, environment: dict) -> str:
@@ -407,6 +441,9 @@ class PlainSlurmHub(PlainHub):
             f"c.SlurmSpawner.req_nprocs = {str(self.nprocs)!r}\n"
             f"c.SlurmSpawner.req_memory = {self.memory!r}\n"
             f"c.SlurmSpawner.req_runtime = {self.runtime!r}\n"
+            + ("" if self.get_user_env else
+               "c.SlurmSpawner.batch_script = batchspawner.SlurmSpawner.class_traits()['batch_script']"
+               ".default_value.replace('#SBATCH --get-user-env=L\\n', '')\n")
         )
 
     def job_id(self, name: str) -> str:

@@ -17,7 +17,10 @@ from fedhub.hub.catalogue import CatalogueError  # noqa: E402
 from fedhub.spawner.federation import Federation  # noqa: E402
 
 try:
+    import logging  # noqa: E402
+
+    # the hub's own logger, so pollers' and backends' messages reach the hub log
     Federation.get(c.FederatedSpawner.catalogue_file, dict(c.FederatedSpawner.get("catalogue", {})),
-                   c.FederatedSpawner.state_dir or None)
+                   c.FederatedSpawner.state_dir or None, logging.getLogger("JupyterHub"))
 except CatalogueError as _e:
     raise SystemExit(f"fedhub: invalid site catalogue: {_e}")

@@ -82,7 +82,7 @@ class FederatedSpawner(Spawner):
         # batchspawner's hub API handler reports the job's port on *this* spawner (it finds
         # the spawner by token); the backend spawner waiting for it is the child
         child = self._starting_child or self.child
-        if child is not None and change.new:
+        if child is not None and change.new and not getattr(child, "_fedhub_abandoned", False):
             child.port = change.new
 
     request: SessionRequest | None = None
@@ -245,11 +245,17 @@ class FederatedSpawner(Spawner):
         finally:
             relay.cancel()
             if not start.done():
+                # batchspawner's bare `except:` can swallow the cancel: mark the attempt
+                # abandoned so it stops reporting, and collect whatever it ends with
+                child._fedhub_abandoned = True
                 start.cancel()
+                start.add_done_callback(lambda t: t.cancelled() or t.exception())
 
     async def _relay_progress(self, child: Spawner) -> None:
         try:
             async for event in child.progress():
+                if getattr(child, "_fedhub_abandoned", False):
+                    return
                 if event.get("message"):
                     self._emit(event["message"], 50)
         except Exception:

@@ -77,7 +77,11 @@ class GpuSummary:
 
 
 class SiteInventory:
-    """Capacity and use of one site, indexed for placement."""
+    """Capacity and use of one site, indexed for placement.
+
+    Not thread-safe: the hub changes and reads inventories on its event-loop thread only
+    (pollers and reflector callbacks run there), which is what keeps placement lock-free.
+    """
 
     def __init__(self, site: str, kind: str = "local", max_sessions: int | None = None):
         self.site = site

@@ -181,9 +181,13 @@ class SlurmSiteSpawner(MultiSlurmSpawner):
         ids = out.split()
         return ids.index(self.job_id) + 1 if self.job_id in ids else None
 
+    async def cancel_batch_job(self):
+        if self.job_id:  # a submission that never returned an id has nothing to cancel
+            await super().cancel_batch_job()
+
     async def progress(self):
         last = None
-        while True:
+        while not getattr(self, "_fedhub_abandoned", False):
             if self.state_ispending():
                 reason = pending_reason(self.job_status) or "waiting"
                 position = await self.queue_position()
@@ -248,7 +252,8 @@ class SlurmBackend(SiteBackend):
     def apply_nodes(self, nodes: list[SlurmNode]) -> None:
         """Make the inventory Slurm's view, plus fedhub's own jobs Slurm has not placed yet."""
         inv = self.inventory
-        for name in [n for n in inv.nodes if n not in {s.name for s in nodes if s.usable}]:
+        usable = {s.name for s in nodes if s.usable}
+        for name in [n for n in inv.nodes if n not in usable]:
             inv.remove_node(name)
         for s in nodes:
             if not s.usable:
