@@ -22,7 +22,8 @@ process tree. Reported, per tracked run, as fractions of the run time:
 
 Then `fedhub reproduce` of one tracked run: metrics identical?
 
-    .venv/bin/python benchmarks/p6_capture.py [--rounds 3] [--seconds 30] [--tracking-uri URI]
+    .venv/bin/python benchmarks/p6_capture.py [--rounds 3] [--seconds 30] [--blas-threads N]
+                                              [--tracking-uri URI] [--no-reproduce]
 
 Prints a table and, last, one JSON line.
 """
@@ -140,6 +141,8 @@ def main() -> int:
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--seconds", type=float, default=30.0, help="target run time (default 30)")
     ap.add_argument("--tracking-uri", help="default: a fresh SQLite store")
+    ap.add_argument("--blas-threads", type=int, help="OPENBLAS/OMP_NUM_THREADS for the kernels (default: "
+                    "the libraries' own, all cores); 1 makes run times less sensitive to other load")
     ap.add_argument("--no-reproduce", action="store_true")
     args = ap.parse_args()
     before = code_fingerprint()
@@ -151,6 +154,8 @@ def main() -> int:
         mlflow.MlflowClient(uri).create_experiment("p6", artifact_location=(root / "artifacts").as_uri())
     base_env = {k: v for k, v in os.environ.items() if k not in ("JPY_SESSION_NAME", "MLFLOW_RUN_ID")}
     base_env.update({"MLFLOW_TRACKING_URI": uri, "FEDHUB_NOTEBOOK": str(proj / "train.ipynb")})
+    if args.blas_threads:
+        base_env.update(OPENBLAS_NUM_THREADS=str(args.blas_threads), OMP_NUM_THREADS=str(args.blas_threads))
 
     per_epoch = float(subprocess.run([sys.executable, "calibrate.py"], cwd=proj, env=base_env, check=True,
                                      capture_output=True, text=True).stdout)
@@ -189,7 +194,7 @@ def main() -> int:
 
     repro = None
     if not args.no_reproduce:
-        env = {**os.environ, "MLFLOW_TRACKING_URI": uri, "P6_EPOCHS": str(epochs), "P6_TRACK": "1"}
+        env = {**base_env, "P6_EPOCHS": str(epochs), "P6_TRACK": "1"}
         t = time.perf_counter()
         out = subprocess.run([sys.executable, "-m", "fedhub.server_ext.cli", "reproduce", tracked[0]["run_id"],
                               "--json", "--quiet"], env=env, capture_output=True, text=True)
@@ -210,7 +215,7 @@ def main() -> int:
         "delta_fractions": [round(d, 5) for d in delta],
         "cpu_fraction_median": round(statistics.median(cpu), 5),
         "upload_done_s_median": round(statistics.median(x["capture_total_s"] for x in tracked), 3),
-        "goal": GOAL, "goal_met_sync": max(sync) <= GOAL, "reproduce": repro,
+        "goal": GOAL, "goal_met_sync": max(sync) <= GOAL, "reproduce": repro, "blas_threads": args.blas_threads,
         "load_avg": os.getloadavg(), "cpus": os.cpu_count(), "code": check_fingerprint(before),
     }
     print(json.dumps(summary))

@@ -84,7 +84,7 @@ def run_cell_in_notebook(page, hub, user: str, name: str, code: str, expect_outp
     r = requests.put(f"{hub.url}/user/{user}/api/contents/{name}", headers={"Authorization": f"token {token}"},
                      json={"type": "notebook", "format": "json", "content": nb})
     assert r.status_code in (200, 201), r.text
-    page.goto(f"{hub.url}/user/{user}/lab/tree/{name}")
+    page.goto(f"{hub.url}/user/{user}/lab/tree/{name}?reset")  # ?reset: only this notebook open
     cell = page.locator(".jp-Notebook .jp-Cell").first
     cell.locator(".cm-content").click()
     page.keyboard.type(code)
@@ -107,3 +107,21 @@ def test_a_cell_logs_a_run_and_the_experiments_panel_charts_it(lab, hub):
     runs.get_by_role("button", name="from-browser").click()
     expect(lab.get_by_label("acc chart")).to_be_visible(timeout=60_000)
     lab.screenshot(path=str(SHOTS / "experiments-panel.png"))
+
+
+def test_reproduce_from_the_panel_shows_an_identical_comparison(lab, hub):
+    code = ("import mlflow, random; from fedhub.server_ext import track; mlflow.set_experiment('repro'); "
+            "r = mlflow.start_run(run_name='deterministic'); track(seed=7, background=False); "
+            "mlflow.log_metric('score', random.random()); mlflow.end_run(); print('captured', r.info.run_id)")
+    run_cell_in_notebook(lab, hub, "ada", "repro.ipynb", code, "captured")
+    open_side_panel(lab, "Experiments")
+    lab.get_by_role("button", name="Refresh").first.click()
+    lab.get_by_label("Experiment", exact=True).select_option(label="repro")
+    runs = lab.get_by_role("table", name="Runs")
+    expect(runs).to_contain_text("deterministic", timeout=60_000)
+    runs.get_by_role("button", name="deterministic").first.click()
+    lab.get_by_role("button", name="Reproduce").click()
+    result = lab.get_by_label("Reproduction", exact=True)
+    expect(result).to_contain_text("identical", timeout=240_000)
+    expect(lab.get_by_role("table", name="Reproduction comparison")).to_contain_text("score")
+    lab.screenshot(path=str(SHOTS / "reproduce.png"))

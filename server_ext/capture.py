@@ -1,0 +1,670 @@
+"""Reproducibility capture: what `fedhub.server_ext.track()` records on an MLflow run.
+
+    import mlflow
+    from fedhub.server_ext import track
+
+    with mlflow.start_run():
+        track(seed=42, inputs=["data/train.csv"])
+        ...
+
+or `with track(seed=42): ...` (starts a run if none is active and ends it at the end of
+the block). Recorded on the run (see docs/session-api.md, "Capture"):
+
+- tags `fedhub.capture=1`, `fedhub.site`, `fedhub.gpu_type`, `fedhub.gpus`, `fedhub.host`,
+  `fedhub.python`, `fedhub.git.commit`, `fedhub.git.dirty`, `fedhub.seed`,
+  `fedhub.notebook`, `fedhub.entrypoint` (+ `fedhub.entrypoint.kind`, `fedhub.cpus`,
+  `fedhub.platform`, `fedhub.git.branch`, `fedhub.git.remote`, `fedhub.inputs`);
+- artifacts under `fedhub/`: `notebook.ipynb`, `notebook.html`, `notebook.py` (nbconvert),
+  or `script.py` for a script; `git.diff`, `git.json`; `requirements.lock` (pip freeze
+  format); `conda.yaml` (conda env export format, when in a conda env);
+  `inputs.json` (declared input files with sha256); `environment.json` (site, hardware,
+  argv, seeds, the environment variables that change numerical results, e.g. thread counts).
+
+Fast by design (P6: capture <= 2% of a short run). Only cheap work happens in the
+caller's thread: reading the notebook, `git`, the package list (read from the
+`*.dist-info` directory names, ~100x faster than `pip freeze`), conda-meta file
+names, one `log_batch` of tags. Hashing inputs and uploading run in a background
+thread; nbconvert (whose import alone costs seconds) runs in a separate process in its
+own session at the lowest CPU priority (nice 19), off the kernel's GIL and out of reach
+of kernel interrupts. `Capture.wait()`
+(called by the context manager's exit and at interpreter exit) waits for it.
+
+This module imports only the standard library at import time (mlflow on first use), so
+`python -m fedhub.server_ext.capture convert NB OUTDIR` (the nbconvert worker) starts fast.
+"""
+
+from __future__ import annotations
+
+import atexit
+import hashlib
+import json
+import os
+import platform
+import random
+import shutil
+import socket
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import warnings
+from pathlib import Path
+
+CAPTURE_TAG = "fedhub.capture"
+ARTIFACT_DIR = "fedhub"
+REPRODUCING_ENV = "FEDHUB_REPRODUCING"
+NOTEBOOK_ENV = "FEDHUB_NOTEBOOK"
+# Variables that change numerical results (thread counts of BLAS/OpenMP reductions, hash
+# seeds, deterministic GPU kernels): recorded as they were, set again by `fedhub reproduce`.
+NUMERIC_ENV = ("PYTHONHASHSEED", "OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS",
+               "VECLIB_MAXIMUM_THREADS", "NUMEXPR_NUM_THREADS", "CUBLAS_WORKSPACE_CONFIG",
+               "TF_DETERMINISTIC_OPS", "TF_CUDNN_DETERMINISTIC", "TORCH_DETERMINISTIC")
+# A declared input at most this big is copied into the run when store_inputs=True.
+STORE_INPUT_LIMIT = 64 * 1024 * 1024
+
+_pending: list["Capture"] = []
+_pending_lock = threading.Lock()
+
+
+# ---------------------------------------------------------------- what ran
+def _in_kernel() -> bool:
+    """True inside an IPython kernel (JupyterLab, VS Code, nbclient, papermill)."""
+    if "ipykernel" not in sys.modules:
+        return False
+    try:
+        from IPython import get_ipython
+    except ImportError:
+        return False
+    shell = get_ipython()
+    return shell is not None and getattr(shell, "kernel", None) is not None
+
+
+def _vscode_notebook() -> str | None:
+    try:
+        from IPython import get_ipython
+        shell = get_ipython()
+        return shell.user_ns.get("__vsc_ipynb_file__") if shell is not None else None
+    except Exception:
+        return None
+
+
+def _resolve_notebook(value: str | None) -> Path | None:
+    if not value or not value.endswith(".ipynb"):
+        return None
+    p = Path(value).expanduser()
+    if p.is_absolute():
+        return p if p.is_file() else None
+    # jupyter-server gives the path relative to its root; the kernel runs in the notebook's directory
+    for cand in (Path.cwd() / p, Path.cwd() / p.name):
+        if cand.is_file():
+            return cand.resolve()
+    return None
+
+
+def _python_mode() -> str | None:
+    """"-m" or "-c" if the interpreter ran a module or a command rather than a script file."""
+    args = getattr(sys, "orig_argv", [])[1:]
+    i = 0
+    while i < len(args):
+        a = args[i]
+        if a in ("-m", "-c") or (a.startswith(("-m", "-c")) and not a.startswith("--")):
+            return a[:2]
+        if a in ("-X", "-W", "-Q"):
+            i += 2
+            continue
+        if not a.startswith("-"):
+            return None
+        i += 1
+    return None
+
+
+def find_entrypoint(notebook: str | os.PathLike | None = None) -> tuple[str | None, Path | None]:
+    """("notebook" | "script" | None, path) of what is running.
+
+    Notebook: the explicit argument, else (inside a kernel) $FEDHUB_NOTEBOOK, VS Code's
+    `__vsc_ipynb_file__`, $JPY_SESSION_NAME (set by jupyter-server for a notebook's
+    kernel). Script: the explicit argument if it is a .py file, else sys.argv[0].
+    """
+    if notebook is not None:
+        p = Path(notebook).expanduser().resolve()
+        if not p.is_file():
+            raise FileNotFoundError(f"fedhub.track: no such notebook or script {str(notebook)!r}")
+        return ("notebook" if p.suffix == ".ipynb" else "script"), p
+    if _in_kernel():
+        for value in (os.environ.get(NOTEBOOK_ENV), _vscode_notebook(), os.environ.get("JPY_SESSION_NAME")):
+            p = _resolve_notebook(value)
+            if p is not None:
+                return "notebook", p
+        return None, None
+    argv0 = sys.argv[0] if sys.argv else ""
+    if _python_mode() in ("-m", "-c"):
+        return None, None  # `python -m tool` / `python -c`: no script of the user's to re-run
+    if argv0.endswith(".py") and os.path.isfile(argv0):
+        return "script", Path(argv0).resolve()
+    return None, None
+
+
+# ---------------------------------------------------------------- environment
+def _normalize(name: str) -> str:
+    return name.lower().replace("_", "-").replace(".", "-")
+
+
+def _direct_url_line(dist_dir: str, name: str, version: str) -> str | None:
+    path = os.path.join(dist_dir, "direct_url.json")
+    if not os.path.exists(path):
+        return None
+    try:
+        with open(path) as f:
+            d = json.load(f)
+    except (OSError, ValueError):
+        return None
+    url = d.get("url", "")
+    if d.get("dir_info", {}).get("editable"):
+        return f"# Editable install ({name}=={version})\n-e {url}"
+    vcs = d.get("vcs_info")
+    if vcs:
+        return f"{name} @ {vcs.get('vcs', 'git')}+{url}@{vcs.get('commit_id', '')}"
+    if url.startswith("file:") and "dir_info" in d:
+        return f"{name} @ {url}"
+    if "archive_info" in d:
+        return f"{name} @ {url}"
+    return None
+
+
+def freeze(paths: list[str] | None = None) -> list[str]:
+    """The installed distributions as `pip freeze` lines (name==version, `-e` and `@ url` forms).
+
+    Reads distribution names and versions from the `*.dist-info` directory names on
+    sys.path (first one wins, as for imports); only `*.egg-info` and direct-URL installs
+    read a file. ~1 ms instead of ~200 ms (importlib.metadata) or ~500 ms (pip freeze).
+    """
+    seen: dict[str, str] = {}
+    for entry in (sys.path if paths is None else paths):
+        entry = entry or os.getcwd()
+        try:
+            names = os.listdir(entry)
+        except OSError:
+            continue
+        for n in names:
+            if n.endswith(".dist-info"):
+                name, sep, version = n[:-10].partition("-")
+                if not sep:
+                    continue
+                key = _normalize(name)
+                if key in seen:
+                    continue
+                seen[key] = _direct_url_line(os.path.join(entry, n), name, version) or f"{name}=={version}"
+            elif n.endswith(".egg-info"):
+                try:
+                    from importlib.metadata import PathDistribution
+                    dist = PathDistribution(Path(entry) / n)
+                    name, version = dist.metadata["Name"], dist.version
+                except Exception:
+                    continue
+                if name and _normalize(name) not in seen:
+                    seen[_normalize(name)] = f"{name}=={version}"
+    return [seen[k] for k in sorted(seen)]
+
+
+def conda_environment(prefix: str | None = None) -> str | None:
+    """`conda env export`'s YAML for the active conda env, read from conda-meta (no conda call).
+
+    Package records are named `<name>-<version>-<build>.json`; reading the names is
+    what keeps this cheap (the records themselves list every file of a package).
+    """
+    prefix = prefix or os.environ.get("CONDA_PREFIX")
+    if not prefix:
+        return None
+    meta = Path(prefix) / "conda-meta"
+    if not meta.is_dir():
+        return None
+    deps = []
+    for f in sorted(meta.glob("*.json")):
+        parts = f.stem.rsplit("-", 2)
+        if len(parts) == 3:
+            deps.append("=".join(parts))
+    name = os.environ.get("CONDA_DEFAULT_ENV") or Path(prefix).name
+    lines = [f"name: {name}", "dependencies:"] + [f"  - {d}" for d in deps] + [f"prefix: {prefix}", ""]
+    return "\n".join(lines)
+
+
+def _git(cwd: Path, *args: str) -> subprocess.CompletedProcess:
+    return subprocess.run(["git", "-C", str(cwd), *args], capture_output=True, text=True, timeout=30)
+
+
+def git_state(where: Path) -> dict | None:
+    """{commit, branch, toplevel, remote, dirty, untracked, diff} of the git work tree holding `where`."""
+    if shutil.which("git") is None:
+        return None
+    try:
+        top = _git(where, "rev-parse", "--show-toplevel")
+        if top.returncode != 0:
+            return None
+        state = {"toplevel": top.stdout.strip(), "commit": None, "branch": None, "remote": None}
+        head = _git(where, "rev-parse", "HEAD", "--abbrev-ref", "HEAD")
+        if head.returncode == 0:
+            state["commit"], state["branch"] = head.stdout.split()[:2]
+        remote = _git(where, "config", "--get", "remote.origin.url")
+        state["remote"] = remote.stdout.strip() or None
+        status = _git(where, "status", "--porcelain=v1", "-z", "--untracked-files=all")
+        entries = [e for e in status.stdout.split("\0") if e]
+        state["untracked"] = [e[3:] for e in entries if e.startswith("??")]
+        diff = _git(where, "diff", "HEAD") if state["commit"] else _git(where, "diff", "--cached")
+        state["diff"] = diff.stdout
+        state["dirty"] = bool(diff.stdout.strip())
+        return state
+    except (OSError, subprocess.SubprocessError):
+        return None
+
+
+def _relative(path: Path, base: Path) -> str | None:
+    try:
+        return Path(path).resolve().relative_to(Path(base).resolve()).as_posix()
+    except ValueError:
+        return None
+
+
+def _gpu_count() -> str:
+    if os.environ.get("FEDHUB_GPUS"):
+        return os.environ["FEDHUB_GPUS"]
+    cvd = os.environ.get("CUDA_VISIBLE_DEVICES", "").strip()
+    if not cvd or cvd in ("-1", "NoDevFiles"):
+        return "0"
+    return str(len([d for d in cvd.split(",") if d.strip()]))
+
+
+def _memory_bytes() -> int | None:
+    try:
+        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (ValueError, OSError, AttributeError):
+        return None
+
+
+def hardware() -> dict:
+    """Where this runs: fedhub's placement (env set by the spawner) and the machine."""
+    try:
+        usable = len(os.sched_getaffinity(0))
+    except AttributeError:
+        usable = os.cpu_count()
+    info = {
+        "site": os.environ.get("FEDHUB_SITE") or "unknown",
+        "site_kind": os.environ.get("FEDHUB_SITE_KIND"),
+        "node": os.environ.get("FEDHUB_NODE"),
+        "session_type": os.environ.get("FEDHUB_SESSION_TYPE"),
+        "gpu_type": os.environ.get("FEDHUB_GPU_TYPE", ""),
+        "gpus": _gpu_count(),
+        "cuda_visible_devices": os.environ.get("CUDA_VISIBLE_DEVICES"),
+        "host": socket.gethostname(),
+        "cpu_count": os.cpu_count(),
+        "cpus_usable": usable,
+        "memory_bytes": _memory_bytes(),
+        "platform": platform.platform(),
+        "machine": platform.machine(),
+        "python": platform.python_version(),
+        "python_implementation": platform.python_implementation(),
+        "executable": sys.executable,
+        "image": os.environ.get("JUPYTER_IMAGE_SPEC") or os.environ.get("JUPYTER_IMAGE"),
+    }
+    smi = shutil.which("nvidia-smi")
+    if smi and info["gpus"] != "0":
+        try:
+            out = subprocess.run([smi, "--query-gpu=name,memory.total,driver_version", "--format=csv,noheader"],
+                                 capture_output=True, text=True, timeout=10)
+            info["nvidia_smi"] = [line.strip() for line in out.stdout.splitlines() if line.strip()]
+        except (OSError, subprocess.SubprocessError):
+            pass
+    return info
+
+
+def set_seeds(seed: int) -> list[str]:
+    """Seed Python's `random`, numpy's global generator, and torch / tensorflow if already imported."""
+    seeded = []
+    random.seed(seed)
+    seeded.append("random")
+    os.environ["PYTHONHASHSEED"] = str(seed)  # for subprocesses this run starts
+    try:
+        import numpy
+        numpy.random.seed(seed % 2**32)
+        seeded.append("numpy")
+    except ImportError:
+        pass
+    torch = sys.modules.get("torch")
+    if torch is not None:
+        try:
+            torch.manual_seed(seed)
+            seeded.append("torch")
+        except Exception:
+            pass
+    tf = sys.modules.get("tensorflow")
+    if tf is not None:
+        try:
+            tf.random.set_seed(seed)
+            seeded.append("tensorflow")
+        except Exception:
+            pass
+    return seeded
+
+
+def sha256_file(path: str | os.PathLike, bufsize: int = 1 << 20) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while chunk := f.read(bufsize):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+# ---------------------------------------------------------------- the capture
+class Capture:
+    """The capture of one run; also a context manager (see `track`)."""
+
+    def __init__(self, run_id: str, started_run: bool):
+        self.run_id = run_id
+        self.started_run = started_run
+        self.tags: dict[str, str] = {}
+        self.artifacts: list[str] = []
+        self.errors: list[str] = []
+        self.seconds_sync: float = 0.0  # time spent in the caller's thread
+        self.seconds_total: float | None = None  # until everything was uploaded
+        self._done = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    # ---- lifecycle
+    @property
+    def done(self) -> bool:
+        return self._done.is_set()
+
+    def wait(self, timeout: float | None = 300) -> bool:
+        """Wait until every artifact is uploaded; False if still going after `timeout` s."""
+        return self._done.wait(timeout)
+
+    def __enter__(self) -> "Capture":
+        return self
+
+    def __exit__(self, exc_type, exc, tb):
+        self.wait()
+        if self.started_run:
+            import mlflow
+            active = mlflow.active_run()
+            if active is not None and active.info.run_id == self.run_id:
+                mlflow.end_run("FAILED" if exc_type is not None else "FINISHED")
+        return False
+
+    def __repr__(self) -> str:
+        t = self.tags
+        bits = [t.get("fedhub.entrypoint") or "no notebook or script found"]
+        if t.get("fedhub.git.commit"):
+            bits.append(f"git {t['fedhub.git.commit'][:10]}" + (" (dirty)" if t.get("fedhub.git.dirty") == "true" else ""))
+        bits.append(f"seed {t.get('fedhub.seed')}")
+        bits.append(f"{t.get('fedhub.inputs', '0')} input(s)")
+        state = (f"uploaded in {self.seconds_total:.2f} s" if self.done and self.seconds_total is not None
+                 else "uploading")
+        errs = f", {len(self.errors)} problem(s)" if self.errors else ""
+        return (f"<fedhub capture of run {self.run_id}: {', '.join(bits)}; "
+                f"{self.seconds_sync:.3f} s in this thread, {state}{errs}>")
+
+    def _problem(self, what: str, e: BaseException) -> None:
+        msg = f"{what}: {type(e).__name__}: {e}"
+        self.errors.append(msg)
+        warnings.warn(f"fedhub.track: {msg}", RuntimeWarning, stacklevel=3)
+
+
+def _run_id_of(run) -> str:
+    if isinstance(run, str):
+        return run
+    info = getattr(run, "info", None)
+    if info is not None and getattr(info, "run_id", None):
+        return info.run_id
+    raise TypeError(f"fedhub.track: run must be a run id, mlflow Run or ActiveRun, not {type(run).__name__}")
+
+
+def track(run=None, *, inputs=(), seed: int | None = None, notebook: str | os.PathLike | None = None,
+          store_inputs: bool = False, background: bool = True) -> Capture:
+    """Record what is needed to reproduce `run` (default: the active MLflow run; one is
+    started if none is active, as `mlflow.start_run()` would).
+
+    inputs: files the run reads; their sha256 is recorded (and, with store_inputs=True,
+        copies of files up to 64 MiB are stored in the run: only when the data's policy
+        allows it to leave the site).
+    seed: recorded, and used to seed `random`, numpy, and torch/tensorflow if imported.
+    notebook: the notebook (or script) path, when it cannot be found on its own.
+    background: hash inputs, convert the notebook and upload in the background
+        (default); False does it all before returning.
+
+    Returns a Capture; `with track(...):` waits for the upload at the end of the block,
+    and ends the run if track started it.
+    """
+    t0 = time.perf_counter()
+    import mlflow
+    from mlflow.tracking import MlflowClient
+
+    kind, path = find_entrypoint(notebook)  # before starting a run: a wrong path raises here
+    started = False
+    if run is None:
+        active = mlflow.active_run()
+        if active is None:
+            active = mlflow.start_run()
+            started = True
+        run_id = active.info.run_id
+    else:
+        run_id = _run_id_of(run)
+    try:
+        return _capture(MlflowClient(), Capture(run_id, started), t0, kind, path, inputs, seed,
+                        store_inputs, background)
+    except BaseException:
+        if started:  # do not leave behind a run this call started
+            mlflow.end_run("FAILED")
+        raise
+
+
+def _capture(client, cap: Capture, t0: float, kind, path, inputs, seed, store_inputs, background) -> Capture:
+    from mlflow.entities import RunTag
+
+    run_id = cap.run_id
+    staging = Path(tempfile.mkdtemp(prefix="fedhub-capture-"))
+    tags: dict[str, str] = {CAPTURE_TAG: "1"}
+
+    # what ran
+    if path is not None:
+        tags["fedhub.entrypoint"] = str(path)
+        tags["fedhub.entrypoint.kind"] = kind
+        try:
+            if kind == "notebook":
+                tags["fedhub.notebook"] = str(path)
+                shutil.copyfile(path, staging / "notebook.ipynb")
+            else:
+                shutil.copyfile(path, staging / "script.py")
+        except OSError as e:
+            cap._problem(f"copying {path}", e)
+    workdir = path.parent if path is not None else Path.cwd()
+    cwd = os.getcwd()
+
+    # code
+    git = None
+    try:
+        git = git_state(workdir)
+    except Exception as e:
+        cap._problem("git", e)
+    if git is not None:
+        if git["commit"]:
+            tags["fedhub.git.commit"] = git["commit"]
+        tags["fedhub.git.dirty"] = "true" if git["dirty"] or git["untracked"] else "false"
+        if git["branch"] and git["branch"] != "HEAD":
+            tags["fedhub.git.branch"] = git["branch"]
+        if git["remote"]:
+            tags["fedhub.git.remote"] = git["remote"]
+        (staging / "git.diff").write_text(git.pop("diff"))
+        top = Path(git["toplevel"])
+        git["entrypoint"] = _relative(path, top) if path is not None else None
+        git["cwd"] = _relative(Path.cwd(), top)
+        (staging / "git.json").write_text(json.dumps(git, indent=1))
+
+    # environment
+    try:
+        (staging / "requirements.lock").write_text("\n".join(freeze()) + "\n")
+    except Exception as e:
+        cap._problem("package list", e)
+    try:
+        conda = conda_environment()
+        if conda:
+            (staging / "conda.yaml").write_text(conda)
+    except Exception as e:
+        cap._problem("conda environment", e)
+
+    numeric_env = {k: os.environ[k] for k in NUMERIC_ENV if k in os.environ}  # before set_seeds changes one
+    seeded: list[str] = []
+    if seed is not None:
+        seeded = set_seeds(int(seed))
+    tags["fedhub.seed"] = str(seed) if seed is not None else "none"
+
+    hw = hardware()
+    tags.update({
+        "fedhub.site": hw["site"], "fedhub.gpu_type": hw["gpu_type"], "fedhub.gpus": hw["gpus"],
+        "fedhub.host": hw["host"], "fedhub.python": hw["python"], "fedhub.cpus": str(hw["cpus_usable"]),
+        "fedhub.platform": hw["platform"],
+    })
+    input_list = [(str(p), Path(os.path.abspath(Path(p).expanduser())))  # relative to the cwd of now
+                  for p in ([inputs] if isinstance(inputs, (str, os.PathLike)) else inputs)]
+    tags["fedhub.inputs"] = str(len(input_list))
+    if os.environ.get(REPRODUCING_ENV):
+        tags["fedhub.reproduces"] = os.environ[REPRODUCING_ENV]
+    env_info = {"hardware": hw, "seed": seed, "seeded": seeded, "env": numeric_env,
+                "argv": sys.argv[1:] if kind == "script" else [],
+                "cwd": cwd, "entrypoint": str(path) if path else None, "entrypoint_kind": kind}
+    (staging / "environment.json").write_text(json.dumps(env_info, indent=1))
+
+    try:
+        client.log_batch(run_id, tags=[RunTag(k, v) for k, v in tags.items()])
+    except Exception:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    cap.tags = tags
+
+    # nbconvert in its own process, started now so it overlaps with the hashing and upload
+    proc = None
+    if kind == "notebook" and (staging / "notebook.ipynb").exists():
+        convert_dir = staging / "converted"
+        convert_dir.mkdir()
+        try:
+            proc = subprocess.Popen(
+                [sys.executable, "-m", "fedhub.server_ext.capture", "convert",
+                 str(staging / "notebook.ipynb"), str(convert_dir)],
+                # cwd: an empty directory, since `python -m` puts the cwd first on sys.path and the
+                # user's folder may hold a notebook.py / json.py that must not be imported
+                cwd=convert_dir, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, start_new_session=True)
+        except OSError as e:
+            cap._problem("starting nbconvert", e)
+
+    def finish():
+        try:
+            _finish(client, cap, staging, proc, input_list, store_inputs)
+        finally:
+            shutil.rmtree(staging, ignore_errors=True)  # before done: exit may not wait any longer
+            cap.seconds_total = time.perf_counter() - t0
+            cap._done.set()
+
+    cap.seconds_sync = time.perf_counter() - t0
+    if background:
+        cap._thread = threading.Thread(target=finish, name=f"fedhub-capture-{run_id[:8]}", daemon=True)
+        with _pending_lock:
+            _pending[:] = [c for c in _pending if not c.done]
+            _pending.append(cap)
+        cap._thread.start()
+    else:
+        finish()
+        cap.seconds_sync = time.perf_counter() - t0
+    return cap
+
+
+def _finish(client, cap: Capture, staging: Path, proc, inputs: list[tuple[str, Path]], store: bool) -> None:
+    """The background half: input checksums, upload, nbconvert's results."""
+    records = []
+    for p, full in inputs:
+        rec = {"path": p, "abspath": str(full.resolve()) if full.exists() else str(full), "sha256": None,
+               "size": None, "stored": False}
+        try:
+            rec["size"] = full.stat().st_size
+            rec["sha256"] = sha256_file(full)
+            if store and rec["size"] <= STORE_INPUT_LIMIT and not Path(p).is_absolute() and ".." not in Path(p).parts:
+                dest = staging / "inputs" / p
+                dest.parent.mkdir(parents=True, exist_ok=True)
+                shutil.copyfile(full, dest)
+                rec["stored"] = True
+        except OSError as e:
+            rec["error"] = str(e)
+            cap._problem(f"input {p}", e)
+        records.append(rec)
+    (staging / "inputs.json").write_text(json.dumps({"inputs": records}, indent=1))
+
+    files = [f for f in staging.iterdir() if f.name != "converted"]
+    try:
+        for f in files:
+            if f.is_dir():
+                client.log_artifacts(cap.run_id, str(f), f"{ARTIFACT_DIR}/{f.name}")
+            else:
+                client.log_artifact(cap.run_id, str(f), ARTIFACT_DIR)
+            cap.artifacts.append(f.name)
+    except Exception as e:
+        cap._problem("upload", e)
+        return
+    if proc is None:
+        return
+    try:
+        _, err = proc.communicate(timeout=300)
+        if proc.returncode != 0:
+            raise RuntimeError(err.decode(errors="replace").strip().splitlines()[-1:] or proc.returncode)
+        for f in sorted((staging / "converted").iterdir()):
+            client.log_artifact(cap.run_id, str(f), ARTIFACT_DIR)
+            cap.artifacts.append(f.name)
+    except subprocess.TimeoutExpired as e:
+        proc.kill()
+        cap._problem("nbconvert", e)
+    except Exception as e:
+        cap._problem("nbconvert", e)
+
+
+@atexit.register
+def _wait_pending(timeout: float = 120) -> None:
+    deadline = time.monotonic() + timeout
+    with _pending_lock:
+        pending = list(_pending)
+        _pending.clear()
+    for cap in pending:
+        cap.wait(max(0.0, deadline - time.monotonic()))
+
+
+def wait_all(timeout: float = 300) -> None:
+    """Wait for every capture of this process to finish uploading."""
+    _wait_pending(timeout)
+
+
+# ---------------------------------------------------------------- nbconvert worker
+def convert(notebook: str, outdir: str) -> None:
+    """notebook -> outdir/notebook.html and outdir/notebook.<ext> (nbconvert's script exporter)."""
+    # jsonschema's optional IRI checker (rfc3987_syntax) builds a grammar at import: seconds
+    # we do not need, since nothing here validates IRIs.
+    sys.modules.setdefault("rfc3987_syntax", None)
+    import nbformat
+    from nbconvert import HTMLExporter, ScriptExporter
+
+    nb = nbformat.read(notebook, as_version=4)
+    out = Path(outdir)
+    body, _ = HTMLExporter().from_notebook_node(nb)
+    (out / "notebook.html").write_text(body, encoding="utf-8")
+    body, res = ScriptExporter().from_notebook_node(nb)
+    ext = res.get("output_extension") or ".txt"
+    language = (nb.metadata.get("kernelspec") or {}).get("language") or nb.metadata.get("language_info", {}).get("name")
+    if ext == ".txt" and (language or "python") == "python":
+        ext = ".py"  # a notebook saved before it ever ran has no language_info
+    (out / f"notebook{ext}").write_text(body, encoding="utf-8")
+
+
+if __name__ == "__main__":
+    if len(sys.argv) == 4 and sys.argv[1] == "convert":
+        try:
+            os.nice(19)  # idle time only: never slow down the run being captured
+        except (AttributeError, OSError):
+            pass
+        convert(sys.argv[2], sys.argv[3])
+    else:
+        sys.exit("usage: python -m fedhub.server_ext.capture convert NOTEBOOK OUTDIR")
