@@ -250,33 +250,23 @@ def render() -> str:
     for name, trait in sorted(LocalSiteSpawner.class_own_traits(config=True).items()):
         L += trait_section(LocalSiteSpawner, name, trait, set_by_up=set_by_up(LocalSiteSpawner, name))
 
-    # ---- SlurmSiteSpawner
-    from fedhub.spawner.backends.slurm import SlurmSiteSpawner
-    L += [
-        "## SlurmSiteSpawner",
-        "",
-        "The spawner of `kind: slurm` sites: batchspawner's SlurmSpawner, adapted for hub users "
-        "without Unix accounts. Per-site settings (slurm.conf, partition, account, QoS, runtime, "
-        "host map) come from the catalogue's `options` (see [site-operators.md](site-operators.md)); "
-        "these traits apply to every Slurm site. Set them as `c.SlurmSiteSpawner.<name>`.",
-        "",
-    ]
-    for name, trait in sorted(SlurmSiteSpawner.class_own_traits(config=True).items()):
-        L += trait_section(SlurmSiteSpawner, name, trait, set_by_up=set_by_up(SlurmSiteSpawner, name))
-
-    # ---- KubeSiteSpawner
+    # ---- the other site spawners: same shape, own traits only
     from fedhub.spawner.backends.kubernetes import KubeSiteSpawner
-    L += [
-        "## KubeSiteSpawner",
-        "",
-        "The spawner of `kind: kubernetes` sites: KubeSpawner with one set of reflectors per kube "
-        "context. Per-site settings (context, namespace, image, storage, GPU product labels) come from "
-        "the catalogue's `options` (see [site-operators.md](site-operators.md#kubernetes-sites)). "
-        "Set these as `c.KubeSiteSpawner.<name>`.",
-        "",
-    ]
-    for name, trait in sorted(KubeSiteSpawner.class_own_traits(config=True).items()):
-        L += trait_section(KubeSiteSpawner, name, trait, set_by_up=set_by_up(KubeSiteSpawner, name))
+    from fedhub.spawner.backends.slurm import SlurmSiteSpawner
+    for cls, intro in (
+        (SlurmSiteSpawner,
+         "The spawner of `kind: slurm` sites: batchspawner's SlurmSpawner, adapted for hub users "
+         "without Unix accounts. Per-site settings (slurm.conf, partition, account, QoS, runtime, "
+         "host map) come from the catalogue's `options` (see [site-operators.md](site-operators.md)); "
+         "these traits apply to every Slurm site."),
+        (KubeSiteSpawner,
+         "The spawner of `kind: kubernetes` sites: KubeSpawner with one set of reflectors per kube "
+         "context. Per-site settings (context, namespace, image, storage, GPU product labels) come from "
+         "the catalogue's `options` (see [site-operators.md](site-operators.md#kubernetes-sites))."),
+    ):
+        L += [f"## {cls.__name__}", "", f"{intro} Set these as `c.{cls.__name__}.<name>`.", ""]
+        for name, trait in sorted(cls.class_own_traits(config=True).items()):
+            L += trait_section(cls, name, trait, set_by_up=set_by_up(cls, name))
 
     # ---- what fedhub up sets elsewhere
     L += [

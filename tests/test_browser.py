@@ -93,18 +93,22 @@ def run_cell_in_notebook(page, hub, user: str, name: str, code: str, expect_outp
     expect(cell.locator(".jp-OutputArea-output[data-mime-type*=stdout]")).to_contain_text(expect_output, timeout=120_000)
 
 
+def show_run_in_panel(page, experiment: str, run_name: str, expect_in_table: str = ""):
+    """Experiments panel: refresh, pick the experiment, open the run's details."""
+    open_side_panel(page, "Experiments")
+    page.get_by_role("button", name="Refresh").first.click()
+    page.get_by_label("Experiment", exact=True).select_option(label=experiment)
+    runs = page.get_by_role("table", name="Runs")
+    expect(runs).to_contain_text(expect_in_table or run_name, timeout=60_000)
+    runs.get_by_role("button", name=run_name).first.click()
+
+
 def test_a_cell_logs_a_run_and_the_experiments_panel_charts_it(lab, hub):
     code = ("import mlflow; mlflow.set_experiment('browser'); r = mlflow.start_run(run_name='from-browser'); "
             "[mlflow.log_metric('acc', 0.80 + i / 100, step=i) for i in range(5)]; "
             "mlflow.log_param('lr', 0.1); mlflow.end_run(); print('logged', r.info.run_id)")
     run_cell_in_notebook(lab, hub, "ada", "browser.ipynb", code, "logged")
-    open_side_panel(lab, "Experiments")
-    lab.get_by_role("button", name="Refresh").first.click()
-    lab.get_by_label("Experiment", exact=True).select_option(label="browser")
-    runs = lab.get_by_role("table", name="Runs")
-    expect(runs).to_contain_text("from-browser", timeout=60_000)
-    expect(runs).to_contain_text("0.84")
-    runs.get_by_role("button", name="from-browser").click()
+    show_run_in_panel(lab, "browser", "from-browser", expect_in_table="0.84")
     expect(lab.get_by_label("acc chart")).to_be_visible(timeout=60_000)
     lab.screenshot(path=str(SHOTS / "experiments-panel.png"))
 
@@ -114,12 +118,7 @@ def test_reproduce_from_the_panel_shows_an_identical_comparison(lab, hub):
             "r = mlflow.start_run(run_name='deterministic'); track(seed=7, background=False); "
             "mlflow.log_metric('score', random.random()); mlflow.end_run(); print('captured', r.info.run_id)")
     run_cell_in_notebook(lab, hub, "ada", "repro.ipynb", code, "captured")
-    open_side_panel(lab, "Experiments")
-    lab.get_by_role("button", name="Refresh").first.click()
-    lab.get_by_label("Experiment", exact=True).select_option(label="repro")
-    runs = lab.get_by_role("table", name="Runs")
-    expect(runs).to_contain_text("deterministic", timeout=60_000)
-    runs.get_by_role("button", name="deterministic").first.click()
+    show_run_in_panel(lab, "repro", "deterministic")
     lab.get_by_role("button", name="Reproduce").click()
     result = lab.get_by_label("Reproduction", exact=True)
     expect(result).to_contain_text("identical", timeout=240_000)
