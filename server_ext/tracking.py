@@ -58,10 +58,11 @@ class Tracking:
             "next_page_token": _token(page.token)}
 
     def runs(self, experiment_id: str, *, max_results: int, page_token, order_by, filter_string: str) -> dict:
-        self.client.get_experiment(experiment_id)  # 404 for an unknown experiment
         page = self.client.search_runs([experiment_id], filter_string=filter_string or "",
                                        max_results=max_results, order_by=order_by, page_token=page_token)
         runs = [run_to_dict(r) for r in page]
+        if not runs:
+            self.client.get_experiment(experiment_id)  # empty: 404 if the experiment does not exist
         metric_keys, param_keys = _keys(runs)
         return {"runs": runs, "next_page_token": _token(page.token), "metric_keys": metric_keys,
                 "param_keys": param_keys}

@@ -23,7 +23,8 @@ class ExperimentsWidget(w.VBox):
         self.tracking = Tracking(executor=None)
         self.order_by = order_by
         self.experiment = w.Dropdown(description="Experiment", layout=w.Layout(width="50%"))
-        self.sort = w.Text(value=order_by, description="Order by", placeholder="metrics.acc DESC")
+        self.sort = w.Text(value=order_by, description="Order by", placeholder="metrics.acc DESC",
+                           continuous_update=False)
         self.refresh_button = w.Button(description="Refresh", icon="refresh")
         self.table = w.HTML()
         self.run = w.Dropdown(description="Run")
@@ -36,7 +37,7 @@ class ExperimentsWidget(w.VBox):
         self.run.observe(lambda _: self._metrics_of_run(), "value")
         self.metric.observe(lambda _: self.plot(), "value")
         self.refresh_button.on_click(lambda _: self.refresh())
-        self.sort.on_submit(lambda _: self.show_runs())
+        self.sort.observe(lambda _: self.show_runs(), "value")
         self.refresh(select=experiment)
 
     def refresh(self, select: str | None = None) -> None:
