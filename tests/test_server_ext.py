@@ -131,3 +131,20 @@ def test_every_route_needs_the_servers_login(jp_base_url, http_server_client, jp
         with pytest.raises(HTTPClientError) as e:
             jp_asyncio_loop.run_until_complete(http_server_client.fetch(url, headers={"Authorization": "token wrong"}))
         assert e.value.code == 403, path
+
+
+def test_rest_shape_and_client_shape_of_a_run_agree(runs, tracking_uri):
+    """The session API reads runs from MLflow's REST JSON when MLflow is a server:
+    both readings of the same run must give the same answer."""
+    from mlflow.tracking import MlflowClient
+    from mlflow.utils.proto_json_utils import message_to_json
+
+    from fedhub.server_ext.tracking import rest_run_to_dict, run_to_dict
+    import mlflow
+    with mlflow.start_run(experiment_id=runs[0]) as r:
+        mlflow.set_tag("fedhub.capture", "1")
+        mlflow.log_metric("acc", 0.5)
+    run = MlflowClient(tracking_uri).get_run(r.info.run_id)
+    rest = json.loads(message_to_json(run.to_proto()))  # what /api/2.0/mlflow/runs/* returns
+    assert rest_run_to_dict(rest) == run_to_dict(run)
+    assert rest_run_to_dict(rest)["reproducible"] is True
