@@ -181,3 +181,19 @@ def kill_sessions_of(data_dir: Path) -> None:
                 proc.kill()
         except (psutil.Error, OSError):
             pass
+
+
+@pytest.fixture(scope="session")
+def capture_project(tmp_path_factory):
+    """A git project with notebooks and an MLflow store, shared by the capture and reproduce tests."""
+    import capture_lab
+    return capture_lab.make_lab(tmp_path_factory.mktemp("capture"))
+
+
+@pytest.fixture
+def capture_tracking(capture_project, monkeypatch):
+    import mlflow
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", capture_project.tracking_uri)
+    mlflow.set_tracking_uri(capture_project.tracking_uri)
+    yield capture_project.tracking_uri
+    mlflow.set_tracking_uri(None)

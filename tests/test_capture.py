@@ -22,17 +22,13 @@ CONTRACT_ARTIFACTS = ("notebook.ipynb", "notebook.html", "notebook.py", "git.dif
                       "conda.yaml", "inputs.json")
 
 
+# the capture project (git repo, notebooks, MLflow store) is built once for both modules
+pytestmark = pytest.mark.usefixtures("capture_tracking")
+
+
 @pytest.fixture(scope="session")
-def lab(tmp_path_factory):
-    return capture_lab.make_lab(tmp_path_factory.mktemp("capture"))
-
-
-@pytest.fixture(autouse=True)
-def tracking(lab, monkeypatch):
-    monkeypatch.setenv("MLFLOW_TRACKING_URI", lab.tracking_uri)
-    mlflow.set_tracking_uri(lab.tracking_uri)
-    yield lab.tracking_uri
-    mlflow.set_tracking_uri(None)
+def lab(capture_project):
+    return capture_project
 
 
 @pytest.fixture(scope="session")

@@ -18,17 +18,13 @@ from fedhub.server_ext import cli
 from fedhub.server_ext.reproduce import ReproduceError, _Restore, compare_metrics, reproduce_run
 
 
+# the capture project (git repo, notebooks, MLflow store) is built once for both modules
+pytestmark = pytest.mark.usefixtures("capture_tracking")
+
+
 @pytest.fixture(scope="session")
-def lab(tmp_path_factory):
-    return capture_lab.make_lab(tmp_path_factory.mktemp("capture"))
-
-
-@pytest.fixture(autouse=True)
-def tracking(lab, monkeypatch):
-    monkeypatch.setenv("MLFLOW_TRACKING_URI", lab.tracking_uri)
-    mlflow.set_tracking_uri(lab.tracking_uri)
-    yield lab.tracking_uri
-    mlflow.set_tracking_uri(None)
+def lab(capture_project):
+    return capture_project
 
 
 def test_deterministic_notebook_reproduces_identically(lab):

@@ -291,6 +291,7 @@ class SlurmBackend(SiteBackend):
         self.inventory.set_health(True)
 
     async def _poll_forever(self, on_change) -> None:
+        seen = None
         while True:
             try:
                 await self.poll_once()
@@ -299,7 +300,9 @@ class SlurmBackend(SiteBackend):
             except Exception as e:  # a dead cluster must never take the hub down
                 self.last_error = str(e)
                 self.inventory.set_health(False, f"controller not answering: {e}")
-            on_change()
+            if self.inventory.version != seen:  # the snapshot file is rewritten only on change
+                seen = self.inventory.version
+                on_change()
             await asyncio.sleep(self.poll_interval)
 
     def abandon(self, spawner) -> None:
