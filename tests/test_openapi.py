@@ -32,11 +32,14 @@ def test_every_route_is_in_the_spec_and_every_spec_path_is_served():
 
 def test_spec_scopes_match_handlers_and_are_declared_custom_scopes():
     for path, handler in ROUTES:
-        op = SPEC["paths"][route_template(path)]["get"]
-        assert op.get("x-fedhub-scope", "") == handler.required_scope
-        if handler.required_scope:
-            assert handler.required_scope in FEDHUB_SCOPES
-            assert "403" in op["responses"]
+        for verb, op in SPEC["paths"][route_template(path)].items():
+            if verb not in VERBS:
+                continue
+            scope = handler.scope_for(verb)
+            assert op.get("x-fedhub-scope", "") == scope, (path, verb)
+            if scope:
+                assert scope in FEDHUB_SCOPES, (path, verb)
+                assert "403" in op["responses"], (path, verb)
 
 
 def test_app_registers_every_route_under_the_service_prefix():

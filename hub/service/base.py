@@ -23,10 +23,21 @@ class APIError(web.HTTPError):
 class FedhubAPIHandler(HubOAuthenticated, web.RequestHandler):
     #: the JupyterHub custom scope a caller's token needs for this route
     required_scope: str = ""
+    #: per-verb scopes where a verb needs another scope than required_scope
+    #: (e.g. {"post": "custom:fedhub:federate"} on a route whose GET only reads)
+    verb_scopes: dict[str, str] = {}
+
+    @classmethod
+    def scope_for(cls, verb: str) -> str:
+        return cls.verb_scopes.get(verb.lower(), cls.required_scope)
+
+    @property
+    def route_scope(self) -> str:
+        return self.scope_for(self.request.method)
 
     @property
     def hub_scopes(self):
-        return {self.required_scope} if self.required_scope else super().hub_scopes
+        return {self.route_scope} if self.route_scope else super().hub_scopes
 
     @property
     def store(self):
@@ -43,7 +54,7 @@ class FedhubAPIHandler(HubOAuthenticated, web.RequestHandler):
 
     def get_login_url(self):
         if self._denied is not None:
-            raise APIError(403, f"Forbidden: this route needs the scope {self.required_scope or 'access:services'}")
+            raise APIError(403, f"Forbidden: this route needs the scope {self.route_scope or 'access:services'}")
         # browsers go through the hub's OAuth login; API clients get a 401 they can act on
         if "text/html" not in self.request.headers.get("Accept", ""):
             raise APIError(401, "Authentication required: send 'Authorization: token <hub API token>'")
@@ -62,7 +73,7 @@ class FedhubAPIHandler(HubOAuthenticated, web.RequestHandler):
         if isinstance(exc, web.HTTPError):
             message = getattr(exc, "message", None) or exc.log_message or self._reason
             if status_code == 403 and not exc.log_message:
-                message = f"Forbidden: this route needs the scope {self.required_scope or 'access:services'}"
+                message = f"Forbidden: this route needs the scope {self.route_scope or 'access:services'}"
         else:
             message = "Internal error; the hub log has the details"
         self.set_header("Content-Type", "application/json")
