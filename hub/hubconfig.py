@@ -14,6 +14,8 @@ from pathlib import Path
 FEDHUB_SCOPES = {
     "custom:fedhub:sites:read": {"description": "See the federation's sites and their live free capacity."},
     "custom:fedhub:sessions:read": {"description": "See your own sessions and where they run."},
+    "custom:fedhub:provenance:read": {"description": "See and verify your own provenance records."},
+    "custom:fedhub:provenance:write": {"description": "Record your runs in the provenance ledger."},
 }
 
 

@@ -238,6 +238,9 @@ def main(argv=None) -> int:
     p.add_argument("--all-artifacts", action="store_true", help="every artifact of the run, not only the capture")
     p.add_argument("--tracking-uri", help="MLflow tracking URI (default: $MLFLOW_TRACKING_URI or the hub's)")
     p.set_defaults(func=cmd_export)
+
+    from . import provenance_cli
+    provenance_cli.add_commands(sub, _hub_api, _error_message)
     args = parser.parse_args(argv)
     return args.func(args)
 

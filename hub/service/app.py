@@ -19,6 +19,8 @@ from jupyterhub.utils import url_path_join
 from tornado import web
 
 from .base import APIError, FedhubAPIHandler
+from .provenance import (ProvenanceChainHandler, ProvenanceHandler, ProvenanceRecordHandler,
+                         ProvenanceVerifyHandler)
 from .sessions import SessionsHandler
 from .sites import SiteHandler, SitesHandler
 from .store import SnapshotStore
@@ -44,6 +46,10 @@ ROUTES = [
     ("api/sites", SitesHandler),
     (r"api/sites/(?P<name>[^/]+)", SiteHandler),
     ("api/sessions", SessionsHandler),
+    ("api/provenance", ProvenanceHandler),
+    ("api/provenance/chain", ProvenanceChainHandler),
+    ("api/provenance/verify", ProvenanceVerifyHandler),
+    (r"api/provenance/(?P<ref>[0-9a-f]{8,64})", ProvenanceRecordHandler),
 ]
 
 
@@ -56,6 +62,7 @@ def make_app(state_dir: str, prefix: str | None = None) -> web.Application:
         handlers,
         cookie_secret=secrets.token_bytes(32),
         fedhub_store=SnapshotStore(state_dir),
+        fedhub_state_dir=state_dir,
         default_handler_class=NotFoundHandler,
     )
 
