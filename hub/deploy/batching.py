@@ -1,0 +1,149 @@
+"""Scheduling requests onto a model: Triton's dynamic batcher, or one request at a time.
+
+With `dynamic_batching` in config.pbtxt, requests wait in a queue; a batch is dispatched when
+it reaches max_batch_size rows or the largest preferred_batch_size, when a preferred size is
+reached and nothing more is queued, or when the oldest request has waited
+max_queue_delay_microseconds. While every instance is busy, requests keep queueing, so the
+next batch takes them all. Each instance_group instance runs one batch at a time, in the
+server's worker threads, so the event loop keeps serving.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import time
+from concurrent.futures import Executor
+
+from .inference import InferRequest
+from .model_config import ModelConfig, instance_count
+from .tensors import InferenceServerError, Unavailable
+
+
+class Statistics:
+    """Counts in the spirit of Triton's model statistics (inference vs execution counts)."""
+
+    def __init__(self):
+        self.inference_count = 0   # rows inferred
+        self.execution_count = 0   # backend executions (batches)
+        self.success_count = 0
+        self.fail_count = 0
+        self.batch_sizes: collections.Counter = collections.Counter()  # rows per execution -> count
+
+    def as_dict(self) -> dict:
+        return {"inference_count": self.inference_count, "execution_count": self.execution_count,
+                "success_count": self.success_count, "fail_count": self.fail_count,
+                "batch_sizes": dict(sorted(self.batch_sizes.items()))}
+
+
+class Scheduler:
+    def __init__(self, config: ModelConfig, backend, executor: Executor):
+        self.config, self.backend, self.executor = config, backend, executor
+        self.stats = Statistics()
+        self.instances = instance_count(config)
+        self.batching = config.HasField("dynamic_batching") and config.max_batch_size > 0
+        db = config.dynamic_batching
+        self.max_rows = config.max_batch_size
+        self.preferred = sorted(set(db.preferred_batch_size))
+        self.delay = db.max_queue_delay_microseconds / 1e6
+        self._queue: collections.deque = collections.deque()
+        self._arrived = asyncio.Event()
+        self._slots = asyncio.Semaphore(self.instances)
+        self._workers: list[asyncio.Task] = []
+        self._closed = False
+
+    def start(self) -> None:
+        if self.batching and not self._workers:
+            self._workers = [asyncio.create_task(self._batch_loop()) for _ in range(self.instances)]
+
+    async def submit(self, request: InferRequest):
+        if self._closed:
+            raise Unavailable(f"model '{request.model_name}' is being unloaded")
+        if not self.batching:
+            async with self._slots:
+                result = (await self._execute([request]))[0]
+        else:
+            future = asyncio.get_running_loop().create_future()
+            self._queue.append((request, future))
+            self._arrived.set()
+            result = await future
+        if isinstance(result, Exception):
+            raise result
+        return result
+
+    async def close(self) -> None:
+        """Stop taking requests; let queued and running ones finish."""
+        self._closed = True
+        while self._queue:
+            await asyncio.sleep(0.01)
+        for task in self._workers:
+            task.cancel()
+        await asyncio.gather(*self._workers, return_exceptions=True)
+        async with self._slots:  # wait for an unbatched request still running
+            pass
+
+    # ---------------------------------------------------------------- internals
+    def _rows(self, request: InferRequest) -> int:
+        return request.batch_size(self.config.max_batch_size)
+
+    async def _next_batch(self) -> list:
+        while not self._queue:
+            self._arrived.clear()
+            await self._arrived.wait()
+        batch = [self._queue.popleft()]
+        rows = self._rows(batch[0][0])
+        deadline = time.monotonic() + self.delay
+        target = self.preferred[-1] if self.preferred else self.max_rows
+        while rows < target:
+            if self._queue:
+                next_rows = self._rows(self._queue[0][0])
+                if rows + next_rows > self.max_rows:
+                    break
+                batch.append(self._queue.popleft())
+                rows += next_rows
+                continue
+            if rows in self.preferred:
+                break
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                break
+            self._arrived.clear()
+            try:
+                await asyncio.wait_for(self._arrived.wait(), remaining)
+            except asyncio.TimeoutError:
+                break
+        return batch
+
+    async def _batch_loop(self) -> None:
+        while True:
+            batch = await self._next_batch()
+            requests = [request for request, _ in batch]
+            try:
+                results = await self._execute(requests)
+            except asyncio.CancelledError:
+                for _, future in batch:
+                    if not future.done():
+                        future.set_exception(Unavailable("model unloaded"))
+                raise
+            for (_, future), result in zip(batch, results):
+                if not future.done():
+                    future.set_result(result)
+
+    async def _execute(self, requests: list[InferRequest]) -> list:
+        loop = asyncio.get_running_loop()
+        try:
+            results = await loop.run_in_executor(self.executor, self.backend.execute, requests)
+        except InferenceServerError as exc:
+            results = [exc] * len(requests)
+        except Exception as exc:  # a backend bug fails this batch, never the server
+            results = [InferenceServerError(f"model '{requests[0].model_name}' failed: "
+                                            f"{type(exc).__name__}: {exc}")] * len(requests)
+        self.stats.execution_count += 1
+        self.stats.batch_sizes[sum(self._rows(r) for r in requests)] += 1
+        for request, result in zip(requests, results):
+            if isinstance(result, Exception):
+                self.stats.fail_count += 1
+            else:
+                self.stats.success_count += 1
+                self.stats.inference_count += self._rows(request)
+        return results
