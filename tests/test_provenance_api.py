@@ -3,6 +3,7 @@
 
 import json
 import subprocess
+import time
 import sys
 
 import pytest
@@ -114,3 +115,23 @@ def test_cli_verifies_offline_and_catches_tampering(hub, tokens):
     finally:
         ledger.write_text(original)
     assert hub.fedhub_api("/provenance/verify", tokens["quin"]).json()["ok"]
+
+
+def test_a_running_session_leaves_a_signed_record(hub, tokens):
+    r = hub.spawn("quin")
+    assert r.status_code in (201, 202), r.text
+    hub.wait_ready("quin")
+    try:
+        deadline = time.monotonic() + 30
+        records = []
+        while time.monotonic() < deadline and not records:
+            records = hub.fedhub_api("/provenance?kind=session", tokens["quin"]).json()["records"]
+            time.sleep(0.5)
+        assert len(records) == 1, hub.log_tail()
+        body = records[0]["body"]
+        assert records[0]["who"] == "quin" and body["site"] and body["reason"] and body["cpus"] > 0
+        assert records[0]["subject"].startswith("quin/@")
+        assert hub.fedhub_api("/provenance?kind=session", tokens["pria"]).json()["records"] == []
+        assert hub.fedhub_api("/provenance/verify", tokens["pria"]).json()["ok"]
+    finally:
+        hub.stop_server("quin")

@@ -17,10 +17,12 @@ from pathlib import Path
 from jupyterhub.services.auth import HubOAuthCallbackHandler
 from jupyterhub.utils import url_path_join
 from tornado import web
+from tornado.ioloop import PeriodicCallback
+from tornado.log import app_log
 
 from .base import APIError, FedhubAPIHandler
 from .provenance import (ProvenanceChainHandler, ProvenanceHandler, ProvenanceRecordHandler,
-                         ProvenanceVerifyHandler)
+                         ProvenanceVerifyHandler, SessionRecorder, ledger_of)
 from .sessions import SessionsHandler
 from .sites import SiteHandler, SitesHandler
 from .store import SnapshotStore
@@ -83,7 +85,11 @@ async def _serve(app: web.Application, ip: str, port: int) -> None:
         loop.add_signal_handler(sig, stop.set)
     app.listen(port, ip)
     print(json.dumps({"fedhub-api": f"http://{ip}:{port}"}), flush=True)
+    recorder = SessionRecorder(app.settings["fedhub_store"], ledger_of(app.settings), app_log)
+    sessions_watch = PeriodicCallback(recorder.poll, 2000)
+    sessions_watch.start()
     await stop.wait()
+    sessions_watch.stop()
 
 
 if __name__ == "__main__":

@@ -121,3 +121,41 @@ class ProvenanceRecordHandler(_Provenance):
             self.write_json(rec)
         else:
             raise APIError(400, f"format: expected 'json' or 'prov', got {fmt!r}")
+
+
+class SessionRecorder:
+    """Appends a `session` record for each session the hub reports running.
+
+    The hub's federation publishes sessions in the inventory snapshot; watching it here
+    keeps the spawner free of the ledger (it may import only pure catalogue models)."""
+
+    def __init__(self, store, ledger: Ledger, log=None):
+        self.store, self.ledger, self.log = store, ledger, log
+        self._seen: set[str] | None = None
+
+    @staticmethod
+    def subject(session: dict) -> str:
+        return f"{session['user']}/{session.get('server_name', '')}@{session.get('since', 0):.3f}"
+
+    def poll(self) -> int:
+        """Record sessions not recorded yet; returns how many were appended."""
+        if self._seen is None:  # lazily: the ledger file may be large, read it once
+            self._seen = {r.get("subject") for r in self.ledger.records() if r.get("kind") == "session"}
+        added = 0
+        for s in self.store.read().get("sessions", []):
+            if s.get("status") != "running" or "user" not in s:
+                continue
+            subject = self.subject(s)
+            if subject in self._seen:
+                continue
+            body = {k: s.get(k) for k in ("site", "node", "cpus", "memory", "gpu_type", "gpu_ids",
+                                          "session_type", "reason", "since")}
+            try:
+                self.ledger.append("session", subject, s["user"], body)
+            except (LedgerError, OSError) as e:
+                if self.log:
+                    self.log.warning("provenance: could not record session %s: %s", subject, e)
+                continue
+            self._seen.add(subject)
+            added += 1
+        return added
