@@ -8,9 +8,12 @@ with --key-id to notice a swapped key.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import sys
+import tempfile
 from datetime import datetime, timezone
+from pathlib import Path
 
 import requests
 
@@ -76,8 +79,60 @@ def cmd_verify(args) -> int:
     return 3 if problems else 0
 
 
+def build_crate(records: list[dict], prov: dict, chain: dict, workdir: Path):
+    """An RO-Crate of ledger records: the records (JSON lines), their PROV JSON-LD, the
+    hub's public key and signed head as files, and each record as a CreateAction."""
+    from rocrate.model.contextentity import ContextEntity
+    from rocrate.rocrate import ROCrate
+
+    files = {"records.jsonl": "\n".join(json.dumps(r, sort_keys=True) for r in records) + "\n",
+             "prov.jsonld": json.dumps(prov, indent=1), "hub-public-key.pem": chain["public_key"],
+             "ledger-head.json": json.dumps(chain["head"])}
+    crate = ROCrate()
+    crate.name = f"fedhub provenance: {len(records)} record(s)"
+    crate.description = ("Signed, hash-chained provenance records exported from a fedhub hub; "
+                         "verify them with `fedhub provenance verify` or fedhub.hub.ledger.verify().")
+    for name, text in files.items():
+        path = workdir / name
+        path.write_text(text)
+        crate.add_file(path, name, properties={
+            "encodingFormat": "application/ld+json" if name.endswith("jsonld") else "text/plain",
+            "sha256": hashlib.sha256(text.encode()).hexdigest()})
+    for r in records:
+        agent = crate.add(ContextEntity(crate, f"#user-{r['who']}", properties={
+            "@type": "Person", "name": r["who"]}))
+        result = crate.add(ContextEntity(crate, f"#{r['kind']}-{r['subject']}", properties={
+            "@type": "Thing", "name": f"{r['kind']} {r['subject']}"}))
+        action = crate.add(ContextEntity(crate, f"#record-{r['hash'][:16]}", properties={
+            "@type": "CreateAction", "name": f"{r['kind']} {r['subject']}",
+            "endTime": datetime.fromtimestamp(r["time"], timezone.utc).isoformat(),
+            "identifier": r["hash"], "description": json.dumps(r["body"], sort_keys=True)[:2000]}))
+        action["agent"] = agent
+        action["result"] = result
+    return crate
+
+
+def cmd_export(args) -> int:
+    r = _get(args, f"/{args.ref}")
+    if r.status_code != 200:
+        return _fail(args, "export", r)
+    prov = _get(args, f"/{args.ref}", format="prov").json()
+    chain = _get(args, "/chain").json()
+    lineage_ids = {n.get("fedhub:hash") for n in prov["@graph"] if "fedhub:hash" in n}
+    records = [rec for rec in chain["records"] if rec.get("hash") in lineage_ids and "body" in rec]
+    with tempfile.TemporaryDirectory() as tmp:
+        crate = build_crate(records, prov, chain, Path(tmp))
+        out = Path(args.out)
+        if out.suffix == ".zip":
+            crate.write_zip(str(out))
+        else:
+            crate.write(str(out))
+    print(f"{out}: RO-Crate of {len(records)} record(s)")
+    return 0
+
+
 def add_commands(sub, hub_api, error_message) -> None:
-    p = sub.add_parser("provenance", help="the signed provenance ledger: ls, show, verify")
+    p = sub.add_parser("provenance", help="the signed provenance ledger: ls, show, verify, export")
     p.set_defaults(func=lambda a: (p.print_help(), 2)[1], hub_api=hub_api, error_message=error_message)
     cmds = p.add_subparsers(dest="provenance_command")
     q = cmds.add_parser("ls", help="your provenance records")
@@ -94,3 +149,7 @@ def add_commands(sub, hub_api, error_message) -> None:
     q.add_argument("--key-id", help="the hub key id you expect (see a previous verify)")
     q.add_argument("--json", action="store_true")
     q.set_defaults(func=cmd_verify)
+    q = cmds.add_parser("export", help="a record and its lineage as an RO-Crate (directory, or .zip)")
+    q.add_argument("ref")
+    q.add_argument("--out", required=True, help="crate.zip, or a directory")
+    q.set_defaults(func=cmd_export)

@@ -135,3 +135,19 @@ def test_a_running_session_leaves_a_signed_record(hub, tokens):
         assert hub.fedhub_api("/provenance/verify", tokens["pria"]).json()["ok"]
     finally:
         hub.stop_server("quin")
+
+
+def test_cli_exports_a_record_and_its_lineage_as_ro_crate(hub, tokens, tmp_path):
+    from rocrate.rocrate import ROCrate
+
+    child = next(r for r in hub.fedhub_api("/provenance", tokens["pria"]).json()["records"]
+                 if r["subject"] == "run-def")
+    out = cli(hub, tokens["pria"], "export", child["hash"][:12], "--out", str(tmp_path / "crate.zip"))
+    assert out.returncode == 0, out.stderr
+    crate = ROCrate(str(tmp_path / "crate.zip"))
+    actions = {e.id: e for e in crate.get_entities() if e.type == "CreateAction"}
+    assert {a["identifier"] for a in actions.values()} == {child["hash"], child["parents"][0]}
+    assert all(a["agent"].id == "#user-pria" for a in actions.values())
+    names = {e.id for e in crate.data_entities}
+    assert {"records.jsonl", "prov.jsonld", "hub-public-key.pem", "ledger-head.json"} <= names
+    assert cli(hub, tokens["quin"], "export", child["hash"], "--out", str(tmp_path / "x")).returncode == 1
