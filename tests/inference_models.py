@@ -40,7 +40,7 @@ def sklearn_digits_model(repo: Path, name: str = "digits", *, max_batch_size: in
     return pipeline
 
 
-def torch_mlp_model(repo: Path, name: str = "mlp", *, max_batch_size: int = 32):
+def torch_mlp_model(repo: Path, name: str = "mlp", *, max_batch_size: int = 32, delay_us: int = 0):
     """A small PyTorch MLP (8 -> 16 -> 3) exported with torch.onnx and a dynamic batch dim.
     Returns the torch module (the reference forward)."""
     import torch
@@ -53,7 +53,8 @@ def torch_mlp_model(repo: Path, name: str = "mlp", *, max_batch_size: int = 32):
                       input_names=["x"], output_names=["y"], dynamic_shapes=({0: batch},),
                       dynamo=True, external_data=False, verbose=False)
     write_config(make_config(name, [("x", "FP32", [8])], [("y", "FP32", [3])],
-                             max_batch_size=max_batch_size, dynamic_batching=True), repo / name)
+                             max_batch_size=max_batch_size, dynamic_batching=True,
+                             max_queue_delay_microseconds=delay_us), repo / name)
     return module
 
 

@@ -1,0 +1,423 @@
+"""The embedded Triton-protocol inference server, called with the unmodified tritonclient.
+
+A real server process (`python -m fedhub.hub.deploy.server`) serves a repository built here:
+a scikit-learn pipeline converted with skl2onnx, a PyTorch MLP exported with torch.onnx,
+Python-backend models, and a model whose config.pbtxt is malformed. tritonclient.http (binary
+tensors, its default) and tritonclient.grpc are used with default options.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import signal
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import requests
+import tritonclient.grpc as triton_grpc
+import tritonclient.http as triton_http
+from tritonclient.utils import InferenceServerException
+
+sys.path.insert(0, str(Path(__file__).parent))
+import inference_models  # noqa: E402
+
+from fedhub.hub.deploy.model_config import (ModelConfigError, make_config, parse_config,  # noqa: E402
+                                            read_config, validate_config, write_config)
+
+READY_LINE = re.compile(r"ready: HTTP (\S+):(\d+) gRPC (\S+):(\d+)")
+
+
+# ------------------------------------------------------------------------ fixtures
+@pytest.fixture(scope="module")
+def repo(tmp_path_factory):
+    root = tmp_path_factory.mktemp("model-repository")
+    models = {
+        "digits": inference_models.sklearn_digits_model(root),
+        # a queue delay so that concurrent requests are merged into one ONNX batch
+        "mlp": inference_models.torch_mlp_model(root, delay_us=150_000),
+        "recorder_log": inference_models.python_batch_recorder(root),
+    }
+    inference_models.python_text_model(root)
+    inference_models.broken_model(root)
+    return root, models
+
+
+class Server:
+    def __init__(self, proc, http_url, grpc_url, log_path):
+        self.proc, self.http_url, self.grpc_url, self.log_path = proc, http_url, grpc_url, log_path
+
+    def http(self):
+        return triton_http.InferenceServerClient(self.http_url)
+
+    def grpc(self):
+        return triton_grpc.InferenceServerClient(self.grpc_url)
+
+    def log(self) -> str:
+        return self.log_path.read_text()
+
+
+@pytest.fixture(scope="module")
+def server(repo, tmp_path_factory):
+    root, _ = repo
+    log_path = tmp_path_factory.mktemp("server-log") / "server.log"
+    with open(log_path, "wb") as log:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "fedhub.hub.deploy.server", "--model-repository", str(root),
+             "--http-port", "0", "--grpc-port", "0"],
+            stdout=subprocess.PIPE, stderr=log, text=True)
+    deadline = time.monotonic() + 60
+    match = None
+    while match is None and time.monotonic() < deadline:
+        line = proc.stdout.readline()
+        if not line and proc.poll() is not None:
+            raise RuntimeError(f"server exited {proc.returncode}:\n{log_path.read_text()}")
+        match = READY_LINE.search(line)
+    assert match, f"server not ready in 60 s:\n{log_path.read_text()}"
+    started = Server(proc, f"{match[1]}:{match[2]}", f"{match[3]}:{match[4]}", log_path)
+    yield started
+    if proc.poll() is None:
+        proc.send_signal(signal.SIGTERM)
+        proc.wait(timeout=20)
+
+
+def http_input(name, array, datatype, binary=True):
+    tensor = triton_http.InferInput(name, list(array.shape), datatype)
+    tensor.set_data_from_numpy(array, binary_data=binary)
+    return tensor
+
+
+def grpc_input(name, array, datatype):
+    tensor = triton_grpc.InferInput(name, list(array.shape), datatype)
+    tensor.set_data_from_numpy(array)
+    return tensor
+
+
+def digits_sample(n=16, offset=0):
+    X, _ = inference_models.digits()
+    return X[offset:offset + n]
+
+
+# ------------------------------------------------------------------------ health, metadata
+def test_health_and_server_metadata(server):
+    http, grpc = server.http(), server.grpc()
+    assert http.is_server_live() and http.is_server_ready()
+    assert grpc.is_server_live() and grpc.is_server_ready()
+    meta = http.get_server_metadata()
+    assert meta["name"] == "fedhub" and "model_repository" in meta["extensions"]
+    assert "binary_tensor_data" in meta["extensions"]
+    assert grpc.get_server_metadata().name == "fedhub"
+
+
+def test_model_metadata_and_config(server):
+    http, grpc = server.http(), server.grpc()
+    meta = http.get_model_metadata("digits")
+    assert meta["platform"] == "onnxruntime_onnx" and meta["versions"] == ["1"]
+    assert meta["inputs"] == [{"name": "X", "datatype": "FP32", "shape": [-1, 64]}]
+    assert {"name": "probabilities", "datatype": "FP32", "shape": [-1, 10]} in meta["outputs"]
+    gmeta = grpc.get_model_metadata("mlp", "1")
+    assert [(t.name, t.datatype, list(t.shape)) for t in gmeta.inputs] == [("x", "FP32", [-1, 8])]
+    config = http.get_model_config("digits")
+    assert config["max_batch_size"] == 64 and config["input"][0]["dims"] == [64]
+    assert "dynamic_batching" in config
+    gconfig = grpc.get_model_config("text").config
+    assert gconfig.backend == "python" and gconfig.input[0].name == "TEXT"
+    assert http.is_model_ready("digits", "1") and grpc.is_model_ready("text")
+
+
+def test_repository_index_shows_every_model_and_why_one_failed(server):
+    index = {row["name"]: row for row in server.http().get_model_repository_index()}
+    assert {n: index[n]["state"] for n in ("digits", "mlp", "recorder", "text")} == dict.fromkeys(
+        ("digits", "mlp", "recorder", "text"), "READY")
+    assert index["broken"]["state"] == "UNAVAILABLE"
+    assert "config.pbtxt" in index["broken"]["reason"] and "max_batch_sizes" in index["broken"]["reason"]
+    grpc_index = {m.name: m.state for m in server.grpc().get_model_repository_index().models}
+    assert grpc_index["digits"] == "READY" and grpc_index["broken"] == "UNAVAILABLE"
+
+
+# ------------------------------------------------------------------------ inference
+def test_sklearn_outputs_equal_the_pipelines_predictions(server, repo):
+    pipeline = repo[1]["digits"]
+    X = digits_sample(40, offset=100)
+    want_label, want_proba = pipeline.predict(X), pipeline.predict_proba(X)
+    binary = server.http().infer("digits", [http_input("X", X, "FP32")])  # binary, the default
+    np.testing.assert_array_equal(binary.as_numpy("label"), want_label)
+    np.testing.assert_allclose(binary.as_numpy("probabilities"), want_proba, atol=1e-5)
+    as_json = server.http().infer(
+        "digits", [http_input("X", X, "FP32", binary=False)],
+        outputs=[triton_http.InferRequestedOutput("probabilities", binary_data=False)])
+    np.testing.assert_allclose(as_json.as_numpy("probabilities"), want_proba, atol=1e-5)
+    assert as_json.as_numpy("label") is None  # only what was asked for
+    over_grpc = server.grpc().infer("digits", [grpc_input("X", X, "FP32")])
+    np.testing.assert_array_equal(over_grpc.as_numpy("label"), want_label)
+    np.testing.assert_allclose(over_grpc.as_numpy("probabilities"), want_proba, atol=1e-5)
+
+
+def test_torch_outputs_equal_the_modules_forward(server, repo):
+    import torch
+    module = repo[1]["mlp"]
+    x = np.random.default_rng(1).normal(size=(5, 8)).astype(np.float32)
+    with torch.no_grad():
+        want = module(torch.from_numpy(x)).numpy()
+    np.testing.assert_allclose(server.http().infer("mlp", [http_input("x", x, "FP32")]).as_numpy("y"),
+                               want, atol=1e-5)
+    np.testing.assert_allclose(server.grpc().infer("mlp", [grpc_input("x", x, "FP32")]).as_numpy("y"),
+                               want, atol=1e-5)
+
+
+def test_bytes_tensors_round_trip_through_the_python_backend(server):
+    text = np.array(["hello".encode(), "grüße".encode(), b"", b"a\x00b"], dtype=object)
+    want_upper = np.array([t.upper() for t in text], dtype=object)
+    want_length = np.array([len(t) for t in text], dtype=np.int32)
+    for result in (server.http().infer("text", [http_input("TEXT", text, "BYTES")]),
+                   server.grpc().infer("text", [grpc_input("TEXT", text, "BYTES")])):
+        np.testing.assert_array_equal(result.as_numpy("UPPER"), want_upper)
+        np.testing.assert_array_equal(result.as_numpy("LENGTH"), want_length)
+
+
+# ------------------------------------------------------------------------ dynamic batching
+def run_concurrently(calls):
+    results, errors = [None] * len(calls), []
+    barrier = threading.Barrier(len(calls))
+
+    def run(i):
+        barrier.wait()
+        try:
+            results[i] = calls[i]()
+        except Exception as exc:  # reported below, with the others
+            errors.append(exc)
+    threads = [threading.Thread(target=run, args=(i,)) for i in range(len(calls))]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(30)
+    assert not errors, errors
+    return results
+
+
+def test_dynamic_batching_merges_concurrent_requests_and_keeps_results_apart(server, repo):
+    log = repo[1]["recorder_log"]
+    log.write_text("")
+    inputs = [np.full((1, 4), i, dtype=np.float32) for i in range(8)]
+
+    def call(i):
+        client = server.http() if i % 2 else server.grpc()
+        make = http_input if i % 2 else grpc_input
+        return lambda: client.infer("recorder", [make("INPUT0", inputs[i], "FP32")]).as_numpy("OUTPUT0")
+    outputs = run_concurrently([call(i) for i in range(8)])
+    for i, out in enumerate(outputs):
+        np.testing.assert_array_equal(out, inputs[i] * 2)
+    sizes = [int(n) for n in log.read_text().split()]
+    assert sum(sizes) == 8 and max(sizes) > 1, sizes  # execute() got several requests at once
+
+    # ONNX: requests of different batch sizes merged along dim 0, split back per request
+    import torch
+    rows = [1, 3, 2, 4, 1, 5]
+    xs = [np.random.default_rng(r + 10 * i).normal(size=(r, 8)).astype(np.float32) for i, r in enumerate(rows)]
+    before = server.http().get_inference_statistics("mlp")["model_stats"][0]["execution_count"]
+    got = run_concurrently([lambda x=x: server.grpc().infer("mlp", [grpc_input("x", x, "FP32")]).as_numpy("y")
+                            for x in xs])
+    module = repo[1]["mlp"]
+    for x, y in zip(xs, got):
+        with torch.no_grad():
+            np.testing.assert_allclose(y, module(torch.from_numpy(x)).numpy(), atol=1e-5)
+    stats = server.http().get_inference_statistics("mlp")["model_stats"][0]
+    assert stats["execution_count"] - before < len(xs), stats
+    assert max(b["batch_size"] for b in stats["batch_stats"]) > max(rows), stats
+
+
+# ------------------------------------------------------------------------ repository API
+def test_unload_and_load_through_the_repository_api(server):
+    http, grpc = server.http(), server.grpc()
+    X = digits_sample(2)
+    http.unload_model("digits")
+    assert not http.is_model_ready("digits") and not grpc.is_model_ready("digits")
+    with pytest.raises(InferenceServerException) as refused:
+        http.infer("digits", [http_input("X", X, "FP32")])
+    assert refused.value.status() == "400" and "digits" in refused.value.message()
+    with pytest.raises(InferenceServerException) as refused:
+        grpc.infer("digits", [grpc_input("X", X, "FP32")])
+    assert refused.value.status() == "StatusCode.UNAVAILABLE"
+    unloaded = {r["name"]: r for r in http.get_model_repository_index()}["digits"]
+    assert unloaded["state"] == "UNAVAILABLE"
+    # the other models keep serving
+    assert grpc.infer("text", [grpc_input("TEXT", np.array([b"x"], dtype=object), "BYTES")]).as_numpy("UPPER")[0] == b"X"
+    grpc.load_model("digits")
+    assert http.is_model_ready("digits")
+    assert http.infer("digits", [http_input("X", X, "FP32")]).as_numpy("label").shape == (2,)
+    http.unload_model("mlp")
+    http.load_model("mlp")
+    assert grpc.is_model_ready("mlp")
+
+
+def test_load_with_a_bad_config_keeps_the_previous_model_serving(server):
+    http, grpc = server.http(), server.grpc()
+    bad = json.dumps({"name": "digits", "platform": "onnxruntime_onnx", "max_batch_size": 4,
+                      "input": [{"name": "not_in_model", "data_type": "TYPE_FP32", "dims": [64]}],
+                      "output": [{"name": "label", "data_type": "TYPE_INT64", "dims": [1]}]})
+    with pytest.raises(InferenceServerException) as refused:
+        http.load_model("digits", config=bad)
+    assert refused.value.status() == "400" and "not_in_model" in refused.value.message()
+    assert http.is_model_ready("digits")
+    assert grpc.infer("digits", [grpc_input("X", digits_sample(1), "FP32")]).as_numpy("label").shape == (1,)
+
+
+def test_malformed_config_pbtxt_is_refused_then_fixed_and_loaded(server, repo):
+    http, grpc = server.http(), server.grpc()
+    for load in (http.load_model, grpc.load_model):
+        with pytest.raises(InferenceServerException) as refused:
+            load("broken")
+        assert "config.pbtxt" in refused.value.message() and "max_batch_sizes" in refused.value.message()
+        assert refused.value.status() in ("400", "StatusCode.INVALID_ARGUMENT")
+    with pytest.raises(InferenceServerException) as refused:
+        http.load_model("no_such_model")
+    assert refused.value.status() == "404"
+    # the operator fixes the file; a load picks it up
+    root = repo[0]
+    broken = root / "broken"
+    (broken / "1" / "model.py").write_text(
+        (root / "text" / "1" / "model.py").read_text())
+    write_config(make_config("broken", [("TEXT", "BYTES", [-1])],
+                             [("UPPER", "BYTES", [-1]), ("LENGTH", "INT32", [-1])], backend="python"),
+                 broken)
+    grpc.load_model("broken")
+    assert http.is_model_ready("broken")
+
+
+# ------------------------------------------------------------------------ bad input
+@pytest.mark.parametrize("case", ["wrong shape", "wrong dtype", "unknown input", "batch too big",
+                                  "unknown model", "unknown version"])
+def test_bad_requests_get_the_protocols_error_and_the_server_keeps_serving(server, case):
+    model, version, name, array, datatype = "digits", "", "X", digits_sample(2), "FP32"
+    if case == "wrong shape":
+        array = array[:, :63].copy()
+    elif case == "wrong dtype":
+        array, datatype = array.astype(np.float64), "FP64"
+    elif case == "unknown input":
+        name = "Y"
+    elif case == "batch too big":
+        array = digits_sample(65)
+    elif case == "unknown model":
+        model = "nope"
+    elif case == "unknown version":
+        version = "7"
+    not_found = case.startswith("unknown model") or case == "unknown version"
+    with pytest.raises(InferenceServerException) as over_http:
+        server.http().infer(model, [http_input(name, array, datatype)], model_version=version)
+    assert over_http.value.status() == ("404" if not_found else "400")
+    with pytest.raises(InferenceServerException) as over_grpc:
+        server.grpc().infer(model, [grpc_input(name, array, datatype)], model_version=version)
+    assert over_grpc.value.status() == ("StatusCode.NOT_FOUND" if not_found else "StatusCode.INVALID_ARGUMENT")
+    assert over_http.value.message() and over_grpc.value.message()
+    assert server.http().infer("digits", [http_input("X", digits_sample(1), "FP32")]).as_numpy("label").shape == (1,)
+    assert server.proc.poll() is None
+
+
+def test_malformed_http_bodies_are_json_400s(server):
+    url = f"http://{server.http_url}/v2/models/digits/infer"
+    header = json.dumps({"inputs": [{"name": "X", "shape": [1, 64], "datatype": "FP32",
+                                     "parameters": {"binary_data_size": 256}}]}).encode()
+    cases = [
+        ({}, b"{not json"),
+        ({}, b"[1, 2]"),
+        ({"Inference-Header-Content-Length": "99999"}, header),
+        ({"Inference-Header-Content-Length": str(len(header))}, header + b"\0" * 100),  # short data
+        ({"Inference-Header-Content-Length": str(len(header))}, header + b"\0" * 300),  # extra data
+        ({}, json.dumps({"inputs": [{"name": "X", "shape": [1, 64], "datatype": "FP32",
+                                     "data": [1.0] * 3}]}).encode()),
+        ({}, json.dumps({"inputs": [{"name": "X", "shape": [1, 64], "datatype": "FP32",
+                                     "data": ["a"] * 64}]}).encode()),
+    ]
+    for headers, body in cases:
+        reply = requests.post(url, data=body, headers=headers, timeout=10)
+        assert reply.status_code == 400, (body[:60], reply.text)
+        assert reply.headers["Content-Type"].startswith("application/json")
+        assert reply.json()["error"], reply.text
+    missing = requests.get(f"http://{server.http_url}/v2/nothing/here", timeout=10)
+    assert missing.status_code == 404 and "error" in missing.json()
+    wrong_verb = requests.get(url, timeout=10)
+    assert wrong_verb.status_code == 405 and "error" in wrong_verb.json()
+
+
+def test_a_python_models_error_fails_only_that_request(server):
+    failing = np.array([b"fail"], dtype=object)
+    with pytest.raises(InferenceServerException) as refused:
+        server.http().infer("text", [http_input("TEXT", failing, "BYTES")])
+    assert "asked to fail" in refused.value.message() and refused.value.status() == "400"
+    with pytest.raises(InferenceServerException):
+        server.grpc().infer("text", [grpc_input("TEXT", failing, "BYTES")])
+    ok = server.grpc().infer("text", [grpc_input("TEXT", np.array([b"ok"], dtype=object), "BYTES")])
+    assert ok.as_numpy("UPPER")[0] == b"OK"
+
+
+def test_sigterm_stops_the_server_gracefully(server):
+    # runs last in this module: the module's server stops here
+    assert server.http().is_server_live()
+    server.proc.send_signal(signal.SIGTERM)
+    assert server.proc.wait(timeout=20) == 0
+    assert "Traceback" not in server.log(), server.log()
+
+
+# ------------------------------------------------------------------------ in-process, token hook
+async def test_embedded_server_checks_bearer_tokens_when_asked(tmp_path):
+    import tritonclient.grpc.aio as grpc_aio
+    import tritonclient.http.aio as http_aio
+
+    from fedhub.hub.deploy.server import InferenceServer
+
+    inference_models.python_text_model(tmp_path)
+    server = await InferenceServer(tmp_path, http_port=0, grpc_port=0,
+                                   authorize=lambda token: token == "s3cret").start()
+    http = http_aio.InferenceServerClient(f"127.0.0.1:{server.http_port}")
+    grpc = grpc_aio.InferenceServerClient(f"127.0.0.1:{server.grpc_port}")
+    good = {"Authorization": "Bearer s3cret"}
+    try:
+        assert await http.is_server_live() and await grpc.is_server_ready()  # probes need no token
+        with pytest.raises(InferenceServerException) as refused:
+            await http.get_model_metadata("text")
+        assert refused.value.status() == "401"
+        with pytest.raises(InferenceServerException) as refused:
+            await grpc.get_model_metadata("text", headers={"authorization": "Bearer wrong"})
+        assert refused.value.status() == "StatusCode.UNAUTHENTICATED"
+        text = np.array([b"edge"], dtype=object)
+        tensor = http_aio.InferInput("TEXT", [1], "BYTES")
+        tensor.set_data_from_numpy(text)
+        result = await http.infer("text", [tensor], headers=good)
+        assert result.as_numpy("UPPER")[0] == b"EDGE"
+        # gRPC metadata keys must be lower case
+        assert (await grpc.get_model_metadata("text", headers={"authorization": "Bearer s3cret"})).name == "text"
+    finally:
+        await http.close()
+        await grpc.close()
+        await server.stop()
+
+
+# ------------------------------------------------------------------------ config.pbtxt
+def test_config_errors_name_the_file_line_and_field(tmp_path):
+    (tmp_path / "m").mkdir()
+    (tmp_path / "m" / "config.pbtxt").write_text('name: "m"\nmax_batch_size: "eight"\n')
+    with pytest.raises(ModelConfigError, match=r"m/config.pbtxt: .*2:.*max_batch_size"):
+        read_config(tmp_path / "m")
+    checks = [
+        (make_config("other", [("x", "FP32", [2])], [("y", "FP32", [2])]), "name"),
+        (make_config("m", [("x", "FP32", [2])], [("y", "FP32", [2])], dynamic_batching=True),
+         "dynamic_batching: needs max_batch_size > 0"),
+        (make_config("m", [("x", "FP32", [2])], [("y", "FP32", [2])], max_batch_size=4,
+                     dynamic_batching=True, preferred_batch_sizes=[8]), "preferred_batch_size"),
+        (make_config("m", [("x", "FP32", [0])], [("y", "FP32", [2])]), r"input\[0\].dims"),
+        (make_config("m", [("x", "FP32", [2])], [("y", "FP32", [2])], platform="tensorrt_plan"),
+         "tensorrt_plan"),
+    ]
+    for config, message in checks:
+        with pytest.raises(ModelConfigError, match=message):
+            validate_config(config, "m", "m/config.pbtxt")
+    good = make_config("m", [("x", "FP32", [2])], [("y", "INT64", [1])], max_batch_size=8,
+                       dynamic_batching=True, preferred_batch_sizes=[4, 8], max_queue_delay_microseconds=100)
+    write_config(good, tmp_path / "m")
+    assert read_config(tmp_path / "m") == good
+    assert parse_config((tmp_path / "m" / "config.pbtxt").read_text()).dynamic_batching.preferred_batch_size == [4, 8]
