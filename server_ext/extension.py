@@ -50,7 +50,9 @@ def load(serverapp) -> None:
     configure_tracking_env(ctx)
     web_app = serverapp.web_app
     base = url_path_join(web_app.settings["base_url"], "fedhub", "api")
-    handlers = [(url_path_join(base, path) + "/?$", h) for path, h in ROUTES]
+    from .deploy_handlers import ROUTES as DEPLOY_ROUTES
+    from .fl_handlers import ROUTES as FL_ROUTES
+    handlers = [(url_path_join(base, path) + "/?$", h) for path, h in [*ROUTES, *FL_ROUTES, *DEPLOY_ROUTES]]
     handlers.append((url_path_join(base, "(.*)"), NotFoundHandler))
     web_app.settings.update(
         fedhub_context=ctx,
