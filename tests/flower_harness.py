@@ -1,0 +1,208 @@
+"""A real Flower deployment for tests and benchmarks: one SuperLink, N SuperNodes, `flwr`.
+
+Everything is Flower's own tooling, started as subprocesses on free loopback ports:
+`flower-superlink --insecure`, `flower-supernode --insecure --node-config ...` and the
+`flwr` CLI (`flwr run`, `flwr ls`), each with its own FLWR_HOME under `root` so nothing
+touches ~/.flwr. Use it as a context manager:
+
+    with FlowerDeployment(tmp_path, node_configs=partitions(2)) as flower:
+        run = flower.run(app_dir, run_config={"num-server-rounds": 2})
+        assert run.status == "finished:completed", run.logs
+        flower.traffic(run.run_id)  # Flower's own byte counts for the run
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+BIN = Path(sys.executable).parent
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def partitions(n: int) -> list[dict]:
+    """Node configs that split the example app's data IID across n sites."""
+    return [{"partition-id": i, "num-partitions": n} for i in range(n)]
+
+
+def node_config_arg(config: dict) -> str:
+    """A node config as Flower's `--node-config` string (TOML values, space separated)."""
+    return " ".join(f"{k}={json.dumps(v)}" for k, v in config.items())
+
+
+def run_config_arg(config: dict) -> list[str]:
+    return [arg for k, v in config.items() for arg in ("--run-config", f"{k}={json.dumps(v)}")]
+
+
+@dataclass
+class FlowerRun:
+    run_id: int
+    status: str          # Flower's status string, e.g. "finished:completed"
+    logs: str            # the ServerApp's log (`flwr log`)
+    details: dict        # `flwr ls --run-id ... --format json` entry
+    wall_seconds: float  # submit -> finished, as seen by the caller
+
+
+class FlowerDeployment:
+    """SuperLink + SuperNodes on loopback; `run()` submits an app with `flwr run`."""
+
+    def __init__(self, root: Path, node_configs: list[dict], env: dict | None = None,
+                 superlink_env: dict | None = None):
+        self.root = Path(root)
+        self.node_configs = node_configs
+        self.port = free_port()
+        self.address = f"127.0.0.1:{self.port}"
+        self.env = {**os.environ, **(env or {}),
+                    "PATH": f"{BIN}:{os.environ.get('PATH', '')}"}
+        self.superlink_env = superlink_env or {}
+        self.procs: list[subprocess.Popen] = []
+        self.cli_home = self.root / "cli-home"
+
+    # ------------------------------------------------------------------ processes
+    def _spawn(self, name: str, args: list[str], extra_env: dict | None = None) -> None:
+        home = self.root / name
+        home.mkdir(parents=True, exist_ok=True)
+        log = open(self.root / f"{name}.log", "ab")
+        env = {**self.env, **(extra_env or {}), "FLWR_HOME": str(home)}
+        # own session: stop() takes down the flwr-serverapp/clientapp children too
+        self.procs.append(subprocess.Popen(args, cwd=home, stdout=log, stderr=subprocess.STDOUT,
+                                           env=env, start_new_session=True))
+
+    def start(self, timeout: float = 60) -> "FlowerDeployment":
+        self._spawn("superlink", [str(BIN / "flower-superlink"), "--insecure",
+                                  "--host", "127.0.0.1", "--port", str(self.port),
+                                  "--disable-runtime-dependency-installation"],
+                    self.superlink_env)
+        self.cli_home.mkdir(parents=True, exist_ok=True)
+        (self.cli_home / "config.toml").write_text(
+            f'[superlink]\ndefault = "fedhub"\n\n[superlink.fedhub]\n'
+            f'address = "{self.address}"\ninsecure = true\n')
+        self._wait_listening(timeout)
+        for i, config in enumerate(self.node_configs):
+            self._spawn(f"supernode-{i}", [
+                str(BIN / "flower-supernode"), "--insecure", "--superlink", self.address,
+                "--host", "127.0.0.1", "--port", str(free_port()),
+                "--node-config", node_config_arg(config)])
+        self._wait_nodes(len(self.node_configs), timeout)
+        return self
+
+    def _wait_listening(self, timeout: float) -> None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            self._check_alive()
+            with socket.socket() as s:
+                if s.connect_ex(("127.0.0.1", self.port)) == 0:
+                    return
+            time.sleep(0.2)
+        raise RuntimeError(f"SuperLink did not listen in {timeout}s:\n{self.log('superlink')}")
+
+    def _wait_nodes(self, count: int, timeout: float) -> None:
+        """The SuperNodes register with the SuperLink: wait until all are online."""
+        deadline = time.monotonic() + timeout
+        online = 0
+        while time.monotonic() < deadline:
+            self._check_alive()
+            online = sum("Starting Flower SuperNode" in self.log(f"supernode-{i}")
+                         or "Connected" in self.log(f"supernode-{i}") for i in range(count))
+            nodes = self.cli(["supernode", "ls", "--format", "json"], check=False)
+            try:
+                listed = json.loads(nodes.stdout).get("nodes", [])
+                online = sum(1 for n in listed if n.get("status") == "online")
+            except (json.JSONDecodeError, AttributeError):
+                pass
+            if online >= count:
+                return
+            time.sleep(0.5)
+        raise RuntimeError(f"{online}/{count} SuperNodes online after {timeout}s")
+
+    def _check_alive(self) -> None:
+        for proc in self.procs:
+            if proc.poll() is not None:
+                raise RuntimeError(f"{proc.args[0]} exited {proc.returncode}:\n"
+                                   + self.log("superlink")[-3000:])
+
+    def log(self, name: str) -> str:
+        path = self.root / f"{name}.log"
+        return path.read_text(errors="replace") if path.exists() else ""
+
+    def stop(self) -> None:
+        for proc in reversed(self.procs):
+            if proc.poll() is None:
+                os.killpg(proc.pid, signal.SIGTERM)
+        for proc in self.procs:
+            try:
+                proc.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                os.killpg(proc.pid, signal.SIGKILL)
+                proc.wait()
+        self.procs.clear()
+
+    def __enter__(self) -> "FlowerDeployment":
+        try:
+            return self.start()
+        except BaseException:
+            self.stop()
+            raise
+
+    def __exit__(self, *exc) -> None:
+        self.stop()
+
+    # ------------------------------------------------------------------ flwr CLI
+    def cli(self, args: list[str], check: bool = True, timeout: float = 120,
+            cwd: Path | None = None) -> subprocess.CompletedProcess:
+        proc = subprocess.run([str(BIN / "flwr"), *args], cwd=cwd or self.root,
+                              env={**self.env, "FLWR_HOME": str(self.cli_home)},
+                              capture_output=True, text=True, timeout=timeout)
+        if check and proc.returncode != 0:
+            raise RuntimeError(f"flwr {' '.join(args)} failed ({proc.returncode}):\n"
+                               f"{proc.stdout}\n{proc.stderr}")
+        return proc
+
+    def submit(self, app_dir: Path, run_config: dict | None = None) -> int:
+        """`flwr run APP --format json`: returns the run id without waiting."""
+        out = self.cli(["run", str(app_dir), "fedhub", "--format", "json",
+                        *run_config_arg(run_config or {})])
+        reply = json.loads(out.stdout)
+        if not reply.get("success", True) or "run-id" not in reply:
+            raise RuntimeError(f"flwr run did not start a run: {out.stdout}")
+        return int(reply["run-id"])
+
+    def details(self, run_id: int) -> dict:
+        out = self.cli(["ls", "--run-id", str(run_id), "--format", "json"])
+        return json.loads(out.stdout)["runs"][0]
+
+    def wait(self, run_id: int, timeout: float = 300, started: float | None = None) -> FlowerRun:
+        started = time.monotonic() if started is None else started
+        deadline = started + timeout
+        while True:
+            details = self.details(run_id)
+            if str(details.get("status", "")).startswith("finished"):
+                break
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"run {run_id} not finished after {timeout}s: {details}")
+            self._check_alive()
+            time.sleep(0.5)
+        wall = time.monotonic() - started
+        logs = self.cli(["log", str(run_id), "--show"], check=False, timeout=60)
+        return FlowerRun(run_id, details["status"], logs.stdout + logs.stderr, details, wall)
+
+    def run(self, app_dir: Path, run_config: dict | None = None, timeout: float = 300) -> FlowerRun:
+        started = time.monotonic()
+        run_id = self.submit(app_dir, run_config)
+        return self.wait(run_id, timeout, started)
+
+    def traffic(self, run_id: int) -> dict:
+        """Flower's own count of the run's Fleet API bytes: inbound, outbound, total."""
+        return self.details(run_id)["network-traffic"]
