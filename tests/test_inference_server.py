@@ -158,6 +158,32 @@ def test_sklearn_outputs_equal_the_pipelines_predictions(server, repo):
     np.testing.assert_allclose(over_grpc.as_numpy("probabilities"), want_proba, atol=1e-5)
 
 
+def test_compressed_http_and_grpc_streaming(server, repo):
+    pipeline = repo[1]["digits"]
+    X = digits_sample(8, offset=7)
+    for request_algo, response_algo in (("gzip", "deflate"), ("deflate", "gzip")):
+        result = server.http().infer("digits", [http_input("X", X, "FP32")],
+                                     request_compression_algorithm=request_algo,
+                                     response_compression_algorithm=response_algo)
+        np.testing.assert_array_equal(result.as_numpy("label"), pipeline.predict(X))
+    # gRPC bidirectional stream: a response per request, a bad one reported without ending it
+    import queue
+    received = queue.Queue()
+    client = server.grpc()
+    client.start_stream(callback=lambda result, error: received.put((result, error)))
+    try:
+        client.async_stream_infer("digits", [grpc_input("X", X, "FP32")], request_id="a")
+        client.async_stream_infer("digits", [grpc_input("X", X[:, :10].copy(), "FP32")], request_id="b")
+        client.async_stream_infer("digits", [grpc_input("X", X[:2], "FP32")], request_id="c")
+        replies = [received.get(timeout=10) for _ in range(3)]
+    finally:
+        client.stop_stream()
+    first, bad, last = replies
+    np.testing.assert_array_equal(first[0].as_numpy("label"), pipeline.predict(X))
+    assert bad[0] is None and "unexpected shape" in bad[1].message()
+    np.testing.assert_array_equal(last[0].as_numpy("label"), pipeline.predict(X[:2]))
+
+
 def test_torch_outputs_equal_the_modules_forward(server, repo):
     import torch
     module = repo[1]["mlp"]

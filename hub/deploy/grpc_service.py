@@ -133,6 +133,24 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
         return build_infer_response(response)
 
 
+    async def ModelStreamInfer(self, request_iterator, context):
+        """Streaming inference: one response per request, errors in `error_message` (Triton's
+        non-decoupled stream behaviour), so one bad request does not end the stream."""
+        if self.server.authorize is not None:
+            try:
+                self._check_token(context)
+            except Unauthenticated as exc:
+                await context.abort(grpc.StatusCode.UNAUTHENTICATED, str(exc))
+        async for request in request_iterator:
+            try:
+                found = self.server.repository.get(request.model_name, request.model_version)
+                response = await found.infer(parse_infer_request(request))
+                yield pb.ModelStreamInferResponse(infer_response=build_infer_response(response))
+            except (InferenceServerError, ModelConfigError) as exc:
+                yield pb.ModelStreamInferResponse(error_message=str(exc), infer_response=pb.ModelInferResponse(
+                    model_name=request.model_name, model_version=request.model_version, id=request.id))
+
+
 def parse_infer_request(message: pb.ModelInferRequest) -> InferRequest:
     raw = message.raw_input_contents
     if raw and len(raw) != len(message.inputs):

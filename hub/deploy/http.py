@@ -156,9 +156,9 @@ class RepositoryUnload(Handler):
 
 class Infer(Handler):
     async def post(self, model, version=None):
+        found = self.server.repository.get(model, version or "")  # unknown model: 404 first
         header, binary = self._split_body()
         request = parse_infer_request(header, binary, model, version or "")
-        found = self.server.repository.get(model, version or "")
         response = await found.infer(request)
         self._send(response, header)
 
@@ -209,10 +209,19 @@ class Infer(Handler):
         if chunks:
             self.set_header(HEADER_LENGTH, str(len(encoded)))
             self.set_header("Content-Type", "application/octet-stream")
-            self.finish(b"".join([encoded, *chunks]))
+            payload = b"".join([encoded, *chunks])
         else:
             self.set_header("Content-Type", "application/json")
-            self.finish(encoded)
+            payload = encoded
+        # tritonclient's response_compression_algorithm asks for one of these
+        accepted = self.request.headers.get("Accept-Encoding", "")
+        if "gzip" in accepted:
+            self.set_header("Content-Encoding", "gzip")
+            payload = gzip.compress(payload, compresslevel=1)
+        elif "deflate" in accepted:
+            self.set_header("Content-Encoding", "deflate")
+            payload = zlib.compress(payload, 1)
+        self.finish(payload)
 
 
 def parse_infer_request(header: dict, binary: memoryview, model: str, version: str) -> InferRequest:

@@ -128,3 +128,10 @@ def download(tracking_uri: str, token: str, uri: str, dest: Path) -> Path:
     """Download the model (an MLflow model directory, or one .onnx file) into `dest`."""
     dest.mkdir(parents=True, exist_ok=True)
     return _download(tracking_uri, token, uri, dest)
+
+
+def copy_file(path: Path, dest: Path) -> Path:
+    """A workspace .onnx file, copied so later edits of the file do not change the deployment."""
+    import shutil
+    dest.mkdir(parents=True, exist_ok=True)
+    return Path(shutil.copy2(path, dest / path.name))

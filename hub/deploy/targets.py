@@ -1,0 +1,156 @@
+"""The blocking work of each deployment step, per target (run in worker threads).
+
+Packaging, Kubernetes manifests and edge bundles are built by fedhub.hub.deploy's
+packaging, k8s and edge.bundle modules; here they are put where each target serves
+them from: the embedded server's repository (one served version at a time, chosen by
+the config's version_policy), a site's manifest folder, an edge group's bundle folder.
+Each version's config.pbtxt is kept beside the deployment's files, so a rollback serves
+the old version with the config it was packaged with.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+from pathlib import Path
+
+import numpy as np
+
+from .model_config import CONFIG_FILE, config_to_text, read_config
+
+PROTOCOL_TO_NUMPY = {"BOOL": np.bool_, "UINT8": np.uint8, "UINT16": np.uint16, "UINT32": np.uint32,
+                     "UINT64": np.uint64, "INT8": np.int8, "INT16": np.int16, "INT32": np.int32,
+                     "INT64": np.int64, "FP16": np.float16, "FP32": np.float32, "FP64": np.float64}
+
+
+def package(local: Path, info: dict, model_name: str, version: int, repository: Path, options: dict) -> Path:
+    """The downloaded model -> repository/model_name/{config.pbtxt, version/model.onnx}."""
+    from .packaging import DEFAULT_MAX_BATCH_SIZE, package_model
+    max_batch = options.get("max_batch_size", DEFAULT_MAX_BATCH_SIZE)
+    if not isinstance(max_batch, int) or not 0 <= max_batch <= 4096:
+        raise ValueError(f"options.max_batch_size must be an integer 0..4096, got {max_batch!r}")
+    packaged = package_model(str(local), repository, model_name, version, max_batch_size=max_batch,
+                             dynamic_batching=bool(options.get("dynamic_batching", True)))
+    return packaged.model_dir
+
+
+def _configs_dir(model_dir: Path) -> Path:
+    # beside the repository, never inside it: the server sees only what it serves
+    return model_dir.parent.parent / "model-configs" / model_dir.name
+
+
+def write_embedded(staged: Path, model_dir: Path, version: int) -> str:
+    """Move a packaged version into the served repository; serve it (and only it) on load."""
+    version_dir = model_dir / str(version)
+    if version_dir.exists():
+        shutil.rmtree(version_dir)
+    model_dir.mkdir(parents=True, exist_ok=True)
+    shutil.copytree(staged / str(version), version_dir)
+    configs = _configs_dir(model_dir)
+    configs.mkdir(parents=True, exist_ok=True)
+    shutil.copyfile(staged / CONFIG_FILE, configs / f"{version}.pbtxt")
+    set_served_version(model_dir, version)
+    return f"{version_dir}"
+
+
+def set_served_version(model_dir: Path, version: int) -> str:
+    """config.pbtxt := that version's own config, with version_policy { specific [version] }."""
+    kept = _configs_dir(model_dir) / f"{version}.pbtxt"
+    config = read_config(kept if kept.exists() else model_dir)
+    config.name = model_dir.name
+    config.version_policy.specific.versions[:] = [version]
+    model_dir.mkdir(parents=True, exist_ok=True)
+    # atomic: the server may read the config at any moment (a restart, another load)
+    tmp = model_dir / f".{CONFIG_FILE}.new"
+    tmp.write_text(config_to_text(config))
+    os.replace(tmp, model_dir / CONFIG_FILE)
+    return f"version {version} selected"
+
+
+def remove_embedded(model_dir: Path) -> None:
+    shutil.rmtree(model_dir, ignore_errors=True)
+    shutil.rmtree(_configs_dir(model_dir), ignore_errors=True)
+
+
+def sample_inputs(inputs_metadata: list[dict], seed: int = 0) -> list[dict]:
+    """KServe v2 JSON input tensors that fit a model's metadata: one row, values in [0, 1)."""
+    rng = np.random.default_rng(seed)
+    tensors = []
+    for t in inputs_metadata:
+        shape = [1 if d < 0 else int(d) for d in t["shape"]]
+        dtype = t["datatype"]
+        if dtype == "BYTES":
+            data = ["sample"] * int(np.prod(shape))
+        elif dtype == "BOOL":
+            data = [bool(x) for x in rng.integers(0, 2, int(np.prod(shape)))]
+        else:
+            np_type = PROTOCOL_TO_NUMPY.get(dtype, np.float32)
+            values = rng.random(int(np.prod(shape))) if np.issubdtype(np_type, np.floating) else \
+                rng.integers(0, 10, int(np.prod(shape)))
+            data = values.astype(np_type).tolist()
+        tensors.append({"name": t["name"], "shape": shape, "datatype": dtype, "data": data})
+    return tensors
+
+
+# ---------------------------------------------------------------- Kubernetes sites
+def _site_dir(files: Path, version: int) -> Path:
+    return files / "site" / str(version)
+
+
+def write_site_manifests(record: dict, version: int, staged: Path, files: Path, sites: list[dict],
+                         options: dict) -> str:
+    """The site's manifests (Triton Deployment + Service, or a KServe InferenceService), with
+    the packaged repository beside them, for the operator to apply."""
+    from . import k8s
+    out = _site_dir(files, version)
+    shutil.rmtree(out, ignore_errors=True)
+    shutil.copytree(staged.parent, out / "repository")
+    manifests = k8s.deployment_manifests(record, version, out / "repository", options) \
+        if hasattr(k8s, "deployment_manifests") else None
+    if manifests is None:
+        raise RuntimeError("fedhub.hub.deploy.k8s has no deployment_manifests()")
+    text = manifests if isinstance(manifests, str) else _yaml_documents(manifests)
+    (out / "manifests.yaml").write_text(text)
+    return f"{len(text.split(chr(10) + '---'))} manifest document(s)"
+
+
+def _yaml_documents(objects) -> str:
+    import yaml
+    return yaml.safe_dump_all(list(objects), sort_keys=False)
+
+
+def select_site_version(files: Path, version: int) -> str:
+    if not (_site_dir(files, version) / "manifests.yaml").exists():
+        raise FileNotFoundError(f"the manifests of version {version} are gone")
+    return f"version {version} selected"
+
+
+def read_site_manifests(files: Path, version: int) -> str:
+    return (_site_dir(files, version) / "manifests.yaml").read_text()
+
+
+# ---------------------------------------------------------------- edge groups
+def _edge_dir(files: Path, version: int) -> Path:
+    return files / "edge" / str(version)
+
+
+def build_edge_bundle(record: dict, version: int, staged: Path, files: Path, state_dir: Path, work: Path,
+                      options: dict) -> str:
+    """An int8 bundle signed with the hub's key, kept under the deployment's files."""
+    from .edge import bundle
+    out = _edge_dir(files, version)
+    shutil.rmtree(out, ignore_errors=True)
+    out.mkdir(parents=True)
+    path = bundle.build_bundle_for_deployment(staged, out, state_dir, record, version, options)
+    return f"bundle {Path(path).name}"
+
+
+def select_edge_version(files: Path, version: int) -> str:
+    if not _edge_dir(files, version).exists():
+        raise FileNotFoundError(f"the bundle of version {version} is gone")
+    return f"version {version} selected"
+
+
+def edge_bundle_path(files: Path, version: int) -> Path | None:
+    found = sorted(_edge_dir(files, version).glob("*")) if _edge_dir(files, version).exists() else []
+    return found[0] if found else None
