@@ -263,14 +263,15 @@ def pytorch_to_onnx(module, inputs: Sequence[Tensor], outputs: Sequence[Tensor],
             raise PackagingError(f"input {t.name!r}: {t.datatype} inputs are not supported for PyTorch models")
         shape = [2 if d == -1 else d for d in t.shape]  # 2, not 1: a 1 would be specialised away
         examples.append(torch.zeros(shape, dtype=torch_dtypes[t.datatype]))
-    axes = {t.name: {0: "batch"} for t in [*inputs, *outputs] if t.shape and t.shape[0] == -1}
+    # Dim.AUTO: the exporter keeps the batch dim symbolic, and shares it between inputs
+    dynamic = tuple({0: torch.export.Dim.AUTO} if t.shape and t.shape[0] == -1 else None for t in inputs)
     try:
         module.eval()
     except NotImplementedError:
         pass  # a module loaded from MLflow's pt2 format (torch.export) is already in inference form
     try:
         torch.onnx.export(module, tuple(examples), str(path), input_names=[t.name for t in inputs],
-                          output_names=[t.name for t in outputs], dynamic_axes=axes or None,
+                          output_names=[t.name for t in outputs], dynamic_shapes=dynamic,
                           opset_version=opset, external_data=False, verbose=False)
     except Exception as exc:
         raise PackagingError(f"torch.onnx.export failed for {type(module).__name__}: {exc}") from None
