@@ -3,6 +3,8 @@
 Site options (catalogue `sites[i].options`):
 
     slurm_conf:   path of the cluster's slurm.conf (exported as SLURM_CONF, which picks the cluster)
+    rest_url, rest_user, jwt_file | jwt_env: instead of slurm_conf, reach the cluster through
+                  slurmrestd with a JWT (see slurm_rest.py)
     partition:    partition to submit to (default: the cluster's default)
     account, qos: passed as --account / --qos when set
     runtime:      --time for session jobs (default 8:00:00)
@@ -11,7 +13,8 @@ Site options (catalogue `sites[i].options`):
     start_timeout: seconds a job may take to start before the next site is tried (default 300)
 
 GPUs are requested as --gres=gpu:TYPE:N; Slurm sets CUDA_VISIBLE_DEVICES in the job.
-The inventory comes from one poller per cluster (`sinfo`), shared by all spawners.
+The inventory comes from one poller per cluster (`sinfo`, or slurmrestd's /nodes), shared by
+all spawners.
 """
 
 from __future__ import annotations
@@ -29,8 +32,9 @@ from traitlets import Unicode, default
 from ..inventory import Allocation, Node, SiteInventory
 from .base import SiteBackend, SiteOptionError
 
+REST_OPTIONS = {"rest_url", "rest_user", "jwt_file", "jwt_env"}
 OPTIONS = {"slurm_conf", "partition", "account", "qos", "runtime", "hosts", "poll_interval",
-           "start_timeout"}
+           "start_timeout"} | REST_OPTIONS
 
 BATCH_SCRIPT = """#!/bin/bash
 #SBATCH --output={{homedir}}/fedhub-slurm-%j.log
@@ -90,6 +94,14 @@ def _indices(text: str) -> set[int]:
     return out
 
 
+def parse_gres(gres: str, gres_used: str) -> tuple[dict[str, int], dict[str, set[int]]]:
+    """GPUs per type and the indices in use, from Slurm's GRES strings ('gpu:a100:4',
+    'gpu:a100:2(IDX:0,2)'): the same text in sinfo's columns and slurmrestd's node fields."""
+    gpus = {gtype: int(count) for gtype, count in _GRES_RE.findall(gres or "")}
+    used = {gtype: _indices(idx) for gtype, _count, idx in _GRES_USED_RE.findall(gres_used or "")}
+    return gpus, used
+
+
 def parse_sinfo(text: str) -> list[SlurmNode]:
     """Parse `sinfo -N -h -O SINFO_FORMAT` output (one line per node and partition)."""
     nodes: dict[str, SlurmNode] = {}
@@ -99,13 +111,9 @@ def parse_sinfo(text: str) -> list[SlurmNode]:
             continue
         name, cpus_state, mem, alloc_mem, gres, gres_used, state = (c.strip() for c in cols[:7])
         alloc, _idle, _other, total = (int(x) for x in cpus_state.split("/"))
-        node = SlurmNode(name, total, alloc, int(mem) * 2**20, int(alloc_mem or 0) * 2**20,
-                         state=state.lower())
-        for gtype, count in _GRES_RE.findall(gres):
-            node.gpus[gtype] = int(count)
-        for gtype, _count, idx in _GRES_USED_RE.findall(gres_used):
-            node.gpus_used[gtype] = _indices(idx)
-        nodes[name] = node
+        gpus, used = parse_gres(gres, gres_used)
+        nodes[name] = SlurmNode(name, total, alloc, int(mem) * 2**20, int(alloc_mem or 0) * 2**20,
+                                gpus, used, state.lower())
     return list(nodes.values())
 
 
@@ -213,14 +221,18 @@ class SlurmBackend(SiteBackend):
     kind = "slurm"
     _pollers: dict[str, "asyncio.Task"] = {}
 
+    def __new__(cls, site, log=None):
+        # one catalogue kind, two ways in: a site with rest_url is reached through slurmrestd
+        if cls is SlurmBackend and "rest_url" in (site.options or {}):
+            from .slurm_rest import SlurmRestBackend
+            cls = SlurmRestBackend
+        return super().__new__(cls)
+
     def __init__(self, site, log=None):
         unknown = sorted(set(site.options) - OPTIONS)
         if unknown:
             raise SiteOptionError(unknown[0], f"one of the Slurm site options {sorted(OPTIONS)}")
-        if not site.options.get("slurm_conf"):
-            raise SiteOptionError("slurm_conf", "the path of the cluster's slurm.conf")
-        if not os.path.exists(str(site.options["slurm_conf"])):
-            raise SiteOptionError("slurm_conf", "an existing slurm.conf", site.options["slurm_conf"])
+        self.check_cluster_options(site.options)
         for key in ("poll_interval", "start_timeout"):
             value = site.options.get(key, 1)
             if isinstance(value, bool) or not isinstance(value, (int, float)) or value <= 0:
@@ -231,13 +243,31 @@ class SlurmBackend(SiteBackend):
                                   site.options["runtime"])
         if not isinstance(site.options.get("hosts", {}), dict):
             raise SiteOptionError("hosts", "a map of node name -> address", site.options["hosts"])
-        self.slurm_conf = str(site.options["slurm_conf"])
         self.poll_interval = float(site.options.get("poll_interval", 5))
         self.start_timeout = float(site.options.get("start_timeout", 300))
         self.pending: list[Allocation] = []  # fedhub jobs not yet counted by Slurm
         self.orphans: set[str] = set()  # job ids to cancel once the controller answers
         self.last_error = ""
         super().__init__(site, log)
+
+    def check_cluster_options(self, options: dict) -> None:
+        """How the hub reaches the cluster: here its slurm.conf (slurm_rest.py: slurmrestd)."""
+        rest = sorted(REST_OPTIONS & set(options))
+        if rest:
+            raise SiteOptionError("rest_url", f"the slurmrestd URL (http://host:port) when {rest[0]} is set")
+        if not options.get("slurm_conf"):
+            raise SiteOptionError("slurm_conf", "the path of the cluster's slurm.conf (or rest_url and a JWT)")
+        if not os.path.exists(str(options["slurm_conf"])):
+            raise SiteOptionError("slurm_conf", "an existing slurm.conf", options["slurm_conf"])
+        self.slurm_conf = str(options["slurm_conf"])
+
+    @property
+    def watch_key(self) -> str:
+        # one poller per site: sites may be different partitions of one cluster
+        return f"{self.slurm_conf}#{self.site.name}"
+
+    def down_reason(self, error: Exception) -> str:
+        return f"controller not answering: {error}"
 
     @property
     def env(self) -> dict:
@@ -299,7 +329,7 @@ class SlurmBackend(SiteBackend):
                 await self.cancel_orphans()
             except Exception as e:  # a dead cluster must never take the hub down
                 self.last_error = str(e)
-                self.inventory.set_health(False, f"controller not answering: {e}")
+                self.inventory.set_health(False, self.down_reason(e))
             if self.inventory.version != seen:  # the snapshot file is rewritten only on change
                 seen = self.inventory.version
                 on_change()
@@ -330,13 +360,12 @@ class SlurmBackend(SiteBackend):
             self.pending.remove(allocation)
 
     async def start_watching(self, on_change=lambda: None) -> None:
-        # one poller per site: sites may be different partitions of one cluster
-        key = f"{self.slurm_conf}#{self.site.name}"
+        key = self.watch_key
         if key not in SlurmBackend._pollers or SlurmBackend._pollers[key].done():
             SlurmBackend._pollers[key] = asyncio.ensure_future(self._poll_forever(on_change))
 
     async def stop_watching(self) -> None:
-        task = SlurmBackend._pollers.pop(f"{self.slurm_conf}#{self.site.name}", None)
+        task = SlurmBackend._pollers.pop(self.watch_key, None)
         if task:
             task.cancel()
 
@@ -347,7 +376,8 @@ class SlurmBackend(SiteBackend):
         o = self.site.options
         gres = f"gpu:{allocation.gpu_type}:{len(allocation.gpu_ids)}" if allocation.gpu_ids else ""
         env = self.session_env(allocation, request)
-        env["SLURM_CONF"] = self.slurm_conf
+        if self.slurm_conf:
+            env["SLURM_CONF"] = self.slurm_conf
         return {
             "environment": env,
             "fedhub_site": self.site.name,
