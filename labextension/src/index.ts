@@ -3,6 +3,8 @@
  *
  *   fedhub:experiments  left panel "Experiments" (MLflow runs, charts, compare, reproduce)
  *   fedhub:sites        left panel "Sites" (the federation's live inventory)
+ *   fedhub:federated    left panel "Federated" (Flower jobs across sites, live per-round chart)
+ *   fedhub:deploy       left panel "Deploy" (models to inference servers and edge devices)
  *   fedhub:status       status-bar item (this session's site and GPUs)
  */
 import {
@@ -11,8 +13,11 @@ import {
   JupyterFrontEndPlugin
 } from '@jupyterlab/application';
 import { IStatusBar } from '@jupyterlab/statusbar';
+import { Widget } from '@lumino/widgets';
 
+import { DeployPanel } from './deploy';
 import { ExperimentsPanel } from './experiments';
+import { FederatedPanel } from './federated';
 import { SitesPanel } from './sites';
 import { StatusItem } from './status';
 
@@ -52,6 +57,49 @@ const sitesPlugin: JupyterFrontEndPlugin<void> = {
   }
 };
 
+/** A left panel with a restorer entry and a "Show" command (Federated, Deploy). */
+function sidePanelPlugin(
+  id: string,
+  description: string,
+  label: string,
+  rank: number,
+  make: () => Widget
+): JupyterFrontEndPlugin<void> {
+  return {
+    id,
+    description,
+    autoStart: true,
+    optional: [ILayoutRestorer],
+    activate: (app: JupyterFrontEnd, restorer: ILayoutRestorer | null) => {
+      const panel = make();
+      app.shell.add(panel, 'left', { rank });
+      if (restorer) {
+        restorer.add(panel, panel.id);
+      }
+      app.commands.addCommand(`${id}-show`, {
+        label: `Show fedhub ${label}`,
+        execute: () => app.shell.activateById(panel.id)
+      });
+    }
+  };
+}
+
+const federatedPlugin = sidePanelPlugin(
+  'fedhub:federated',
+  'Launch and watch federated (Flower) jobs across sites.',
+  'Federated',
+  302,
+  () => new FederatedPanel()
+);
+
+const deployPlugin = sidePanelPlugin(
+  'fedhub:deploy',
+  'Deploy models to Triton-protocol inference servers and edge devices.',
+  'Deploy',
+  303,
+  () => new DeployPanel()
+);
+
 const statusPlugin: JupyterFrontEndPlugin<void> = {
   id: 'fedhub:status',
   description: "This session's site and GPUs in the status bar.",
@@ -69,4 +117,4 @@ const statusPlugin: JupyterFrontEndPlugin<void> = {
   }
 };
 
-export default [experimentsPlugin, sitesPlugin, statusPlugin];
+export default [experimentsPlugin, sitesPlugin, federatedPlugin, deployPlugin, statusPlugin];
