@@ -97,4 +97,7 @@ def configure(c, s: dict) -> None:
             "oauth_no_confirm": True,
             "display": True,
         })
+        # the MLflow gate checks that a hub group exists before sharing an experiment with it
+        c.JupyterHub.load_roles.append({"name": "fedhub-mlflow-gate", "services": ["mlflow"],
+                                        "scopes": ["read:groups:name"]})
     c.JupyterHub.services = services

@@ -5,7 +5,9 @@ This process is the service the hub starts for /services/mlflow/. It runs the re
 and puts a hub-authenticated gate in front of it: browsers log in through the hub's
 OAuth, clients send their hub token (``Authorization: token|Bearer``, which is what
 the mlflow client sends from MLFLOW_TRACKING_TOKEN). The caller's hub user name is
-passed on as X-Fedhub-User.
+passed on as X-Fedhub-User. Before passing a request on, the gate brings the caller's
+MLflow roles in step with their hub groups, which is how experiments shared with a
+group reach its members (fedhub.hub.tracking_share).
 """
 
 from __future__ import annotations
@@ -20,11 +22,12 @@ import subprocess
 import sys
 from pathlib import Path
 
-from jupyterhub.services.auth import HubOAuthCallbackHandler, HubOAuthenticated
+from jupyterhub.services.auth import HubOAuth, HubOAuthCallbackHandler, HubOAuthenticated
 from jupyterhub.utils import url_path_join
 from tornado import httpclient, web
 
 from .tracking_auth import ADMIN_HEADER, SECRET_ENV, SECRET_HEADER, USER_HEADER
+from .tracking_share import MLFLOW_ADMIN, GroupShares, MlflowUnavailable, ShareError, share_routes
 
 HOP_BY_HOP = {"connection", "keep-alive", "proxy-authenticate", "proxy-authorization", "te",
               "trailers", "transfer-encoding", "upgrade", "host", "content-length",
@@ -35,7 +38,7 @@ GATE_HEADERS = {h.lower() for h in (USER_HEADER, ADMIN_HEADER, SECRET_HEADER)}
 AUTH_INI = """[mlflow]
 default_permission = NO_PERMISSIONS
 database_uri = {database_uri}
-admin_username = fedhub-admin
+admin_username = {admin_username}
 admin_password = {admin_password}
 authorization_function = fedhub.hub.tracking_auth:authenticate_hub_user
 grant_default_workspace_access = true
@@ -54,7 +57,7 @@ def write_auth_config(data_dir: Path, database_uri: str = "") -> Path:
     """MLflow auth app settings: every user starts with no access to others' experiments."""
     ini = data_dir / "auth.ini"
     ini.write_text(AUTH_INI.format(
-        database_uri=database_uri or f"sqlite:///{data_dir / 'mlflow-auth.db'}",
+        database_uri=database_uri or f"sqlite:///{data_dir / 'mlflow-auth.db'}", admin_username=MLFLOW_ADMIN,
         admin_password=stored_secret(data_dir / "mlflow-admin-password")))
     ini.chmod(0o600)
     return ini
@@ -94,6 +97,12 @@ class GateHandler(HubOAuthenticated, web.RequestHandler):
 
     @web.authenticated
     async def proxy(self, *args):
+        if self.current_user["name"] == MLFLOW_ADMIN:  # a hub user of that name must not be MLflow's admin
+            raise web.HTTPError(403, f"The hub user name {MLFLOW_ADMIN!r} is reserved for fedhub's MLflow admin")
+        try:  # experiments shared with the caller's groups: their roles follow the groups
+            await self.settings["group_shares"].sync_user(self.current_user)
+        except (MlflowUnavailable, ShareError) as e:
+            raise web.HTTPError(503, f"MLflow is not answering yet ({e}); try again in a few seconds")
         upstream = self.settings["mlflow_url"] + self.request.uri
         headers = {k: v for k, v in self.request.headers.get_all()
                    if k.lower() not in HOP_BY_HOP and k.lower() not in GATE_HEADERS}
@@ -124,10 +133,13 @@ class GateHandler(HubOAuthenticated, web.RequestHandler):
     get = head = post = put = patch = delete = options = proxy
 
 
-def make_gate(prefix: str, mlflow_url: str, gate_secret: str) -> web.Application:
+def make_gate(prefix: str, mlflow_url: str, gate_secret: str, shares: GroupShares | None = None) -> web.Application:
+    shares = shares or GroupShares(mlflow_url, gate_secret)
     return web.Application(
-        [(url_path_join(prefix, "oauth_callback"), HubOAuthCallbackHandler), (r"/.*", GateHandler)],
+        [(url_path_join(prefix, "oauth_callback"), HubOAuthCallbackHandler), *share_routes(prefix),
+         (r"/.*", GateHandler)],
         cookie_secret=secrets.token_bytes(32), mlflow_url=mlflow_url, gate_secret=gate_secret,
+        group_shares=shares,
     )
 
 
@@ -138,6 +150,9 @@ def main(argv=None):
     parser.add_argument("--data-dir", required=True)
     parser.add_argument("--backend-store-uri", default="")
     parser.add_argument("--artifacts-destination", default="")
+    parser.add_argument("--auth-cache-seconds", type=int, default=10,
+                        help="how long a hub token check is trusted: also how soon a change of a "
+                             "user's hub groups reaches the experiments shared with them")
     args = parser.parse_args(argv)
     prefix = os.environ.get("JUPYTERHUB_SERVICE_PREFIX", "/services/mlflow/")
     data_dir = Path(args.data_dir)
@@ -151,8 +166,12 @@ def main(argv=None):
         env=env, start_new_session=True,
     )
 
+    mlflow_url = f"http://127.0.0.1:{args.mlflow_port}"
+    hub_auth = HubOAuth.instance(cache_max_age=args.auth_cache_seconds)  # the handlers' shared instance
+    # mlflow serves everything under the static prefix, its REST API too
+    shares = GroupShares(mlflow_url + prefix.rstrip("/"), gate_secret, hub_auth.api_url, hub_auth.api_token)
     try:
-        asyncio.run(_serve(make_gate(prefix, f"http://127.0.0.1:{args.mlflow_port}", gate_secret), args.port, mlflow))
+        asyncio.run(_serve(make_gate(prefix, mlflow_url, gate_secret, shares), args.port, mlflow))
     finally:
         _stop_group(mlflow)
 

@@ -194,6 +194,51 @@ def cmd_export(args) -> int:
     return 0
 
 
+def _experiment_id(args) -> str:
+    """An experiment's id from its id or name (names are looked up with the mlflow client)."""
+    if args.experiment.isdigit():
+        return args.experiment
+    _tracking(args)
+    from mlflow.tracking import MlflowClient
+    return _experiment_ids(MlflowClient(), args.experiment)[0]
+
+
+def cmd_share(args, unshare: bool = False) -> int:
+    """Share an experiment with a hub group (or list its shares): the hub's MLflow gate does it."""
+    command = "unshare" if unshare else "share"
+    try:
+        exp_id = _experiment_id(args)
+    except Exception as e:
+        return _mlflow_error(command, e)
+    base, headers = _hub_api(args)
+    url = f"{base}/services/mlflow/fedhub/api/experiments/{exp_id}/shares"
+    if command == "unshare":
+        r = requests.delete(f"{url}/{args.group}", headers=headers, timeout=60)
+    elif args.group:
+        r = requests.post(url, headers=headers, json={"group": args.group, "permission": args.permission}, timeout=60)
+    else:
+        r = requests.get(url, headers=headers, timeout=60)
+    if r.status_code != 200:
+        print(f"fedhub {command}: {r.status_code}: {_error_message(r)}", file=sys.stderr)
+        return 1
+    data = r.json()
+    if args.json:
+        print(json.dumps(data, indent=1))
+    elif command == "unshare":
+        print(f"experiment {data['experiment_name']!r} is no longer shared with group {data['group']!r}")
+    elif args.group:
+        print(f"experiment {data['experiment_name']!r} shared with group {data['group']!r} ({data['permission']})")
+    else:
+        shares = data["shares"]
+        print(f"experiment {data['experiment_name']!r} ({exp_id}): " + (
+            ", ".join(f"{s['group']} ({s['permission']})" for s in shares) if shares else "not shared"))
+    return 0
+
+
+def cmd_unshare(args) -> int:
+    return cmd_share(args, unshare=True)
+
+
 def main(argv=None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     if argv and argv[0] == "up":
@@ -241,6 +286,24 @@ def main(argv=None) -> int:
 
     from . import provenance_cli
     provenance_cli.add_commands(sub, _hub_api, _error_message)
+
+    from . import fl_cli
+    fl_cli.add_commands(sub, _hub_api, _error_message)
+
+    p = sub.add_parser("share", help="share an experiment with a hub group, or list its shares (no --group)")
+    p.add_argument("experiment", help="experiment name or id")
+    p.add_argument("--group", help="hub group whose members get access")
+    p.add_argument("--permission", default="READ", type=str.upper, choices=["READ", "USE", "EDIT", "MANAGE"],
+                   help="what the group's members may do (default READ)")
+    p.add_argument("--tracking-uri", help="MLflow tracking URI, to find the experiment by name")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_share)
+    p = sub.add_parser("unshare", help="stop sharing an experiment with a hub group")
+    p.add_argument("experiment", help="experiment name or id")
+    p.add_argument("--group", required=True, help="hub group to take access from")
+    p.add_argument("--tracking-uri", help="MLflow tracking URI, to find the experiment by name")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_unshare)
     args = parser.parse_args(argv)
     return args.func(args)
 

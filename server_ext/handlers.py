@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import re
 import uuid
+from urllib.parse import quote
 
 from jupyter_server.base.handlers import APIHandler
 from tornado import httpclient, web
@@ -170,12 +171,63 @@ class ReproductionHandler(FedhubHandler):
         self.write_json(found)
 
 
+class ShareGateHandler(FedhubHandler):
+    """Sharing an experiment with a hub group: done by the hub's MLflow gate, as this session's user."""
+
+    async def gate(self, method: str, experiment_id: str, group: str | None = None, body: dict | None = None):
+        if self.ctx.mode != "hub":
+            raise SessionAPIError(409, "Sharing needs a fedhub hub: this session runs standalone, "
+                                       "so there are no hub groups to share with")
+        url = f"{self.ctx.hub_url}/services/mlflow/fedhub/api/experiments/{quote(experiment_id, safe='')}/shares"
+        if group is not None:
+            url += "/" + quote(group, safe="")
+        try:
+            r = await httpclient.AsyncHTTPClient().fetch(
+                url, method=method, body=json.dumps(body) if body is not None else None, raise_error=False,
+                request_timeout=30, headers={"Authorization": f"token {self.ctx.token}",
+                                             "Content-Type": "application/json", "Accept": "application/json"})
+        except OSError as e:
+            raise SessionAPIError(502, f"The hub's MLflow service is not reachable: {e}") from None
+        try:
+            data = json.loads(r.body) if r.body else {}
+        except ValueError:
+            data = {}
+        if r.code != 200:
+            message = data.get("message") if isinstance(data, dict) else None
+            raise SessionAPIError(r.code if 400 <= r.code < 500 else 502,
+                                  message or f"The hub's MLflow service answered {r.code}")
+        self.write_json(data)
+
+
+class SharesHandler(ShareGateHandler):
+    @web.authenticated
+    async def get(self, experiment_id):
+        await self.gate("GET", experiment_id)
+
+    @web.authenticated
+    async def post(self, experiment_id):
+        try:
+            body = json.loads(self.request.body or b"{}")
+        except ValueError:
+            raise SessionAPIError(400, "request body: expected JSON like {\"group\": \"lab\", \"permission\": \"READ\"}") from None
+        if not isinstance(body, dict) or not isinstance(body.get("group"), str) or not body["group"]:
+            raise SessionAPIError(400, "group: expected the name of a hub group")
+        await self.gate("POST", experiment_id, body={"group": body["group"],
+                                                     "permission": body.get("permission") or "READ"})
+
+
+class ShareHandler(ShareGateHandler):
+    @web.authenticated
+    async def delete(self, experiment_id, group):
+        await self.gate("DELETE", experiment_id, group=group)
+
+
 class NotFoundHandler(FedhubHandler):
     @web.authenticated
     def get(self, *args):
         raise SessionAPIError(404, f"No such route: {self.request.path}")
 
-    post = get
+    post = put = delete = get
 
 
 ROUTES = [
@@ -188,4 +240,6 @@ ROUTES = [
     ("compare", CompareHandler),
     (r"runs/(?P<run_id>[^/]+)/reproduce", ReproduceHandler),
     (r"reproductions/(?P<rid>[^/]+)", ReproductionHandler),
+    (r"experiments/(?P<experiment_id>[^/]+)/shares", SharesHandler),
+    (r"experiments/(?P<experiment_id>[^/]+)/shares/(?P<group>[^/]+)", ShareHandler),
 ]
