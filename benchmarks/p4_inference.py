@@ -2,21 +2,22 @@
 onnxruntime, for the same small ONNX model and the same client, side by side in one run.
 
 The model: scikit-learn's scaler + logistic regression on the bundled digits (64 floats in,
-label + 10 probabilities out), converted with skl2onnx. Each request carries one row.
+label + 10 probabilities out), converted with skl2onnx. Each request carries --rows rows (default 1).
 
 - embedded: `python -m fedhub.hub.deploy.server` with dynamic batching on (config.pbtxt
-  `dynamic_batching { max_queue_delay_microseconds: D }`, max_batch_size 64).
+  `dynamic_batching { max_queue_delay_microseconds: D }`, max_batch_size max(64, 8 x rows)).
 - MLServer 1.7.1 in its own virtual environment (benchmarks/out/mlserver-venv, created on the
   first run: it cannot share the hub's, see PROBE-stack.md §5a), serving the same model.onnx
   through a small custom runtime (onnxruntime; MLServer ships no ONNX runtime), with adaptive
-  batching on (max_batch_size 64, max_batch_time D or 100 µs), parallel_workers 0.
+  batching on (the same max_batch_size, max_batch_time D or 100 µs), parallel_workers 0.
 - in-process: onnxruntime.InferenceSession.run on the same rows (the limit).
 
 Clients: the unmodified tritonclient, HTTP (binary tensors against the embedded server, its
 default; JSON against MLServer, which refuses binary) and gRPC; one client per thread,
 concurrency 1 and 8, a bounded number of requests per thread after a warm-up.
 
-    .venv/bin/python benchmarks/p4_inference.py [--requests 400] [--delay-us 0] [--skip-mlserver]
+    .venv/bin/python benchmarks/p4_inference.py [--requests 400] [--rounds 3] [--rows 1] [--delay-us 0]
+        [--skip-mlserver]
 
 Prints throughput (requests/s), p50 and p99 latency (ms), and the ratios to MLServer and to
 in-process. Goal: embedded >= 2x MLServer and >= 0.5x in-process.
@@ -83,15 +84,15 @@ def percentile(values, q):
 
 
 # ------------------------------------------------------------------ model + servers
-def build(delay_us: int):
+def build(delay_us: int, max_batch_size: int):
     from fedhub.hub.deploy.model_config import read_config, write_config
     import inference_models
 
     work = OUT / "p4"
     repo = work / "repo"
     repo.mkdir(parents=True, exist_ok=True)
-    inference_models.sklearn_digits_model(repo, "digits", max_batch_size=64, dynamic_batching=True,
-                                          delay_us=delay_us)
+    inference_models.sklearn_digits_model(repo, "digits", max_batch_size=max_batch_size,
+                                          dynamic_batching=True, delay_us=delay_us)
     config = read_config(repo / "digits")
     config.parameters["intra_op_thread_count"].string_value = "1"
     write_config(config, repo / "digits")
@@ -102,7 +103,7 @@ def build(delay_us: int):
     (ml / "model-settings.json").write_text(json.dumps({
         "name": "digits", "implementation": "onnx_runtime.OnnxModel",
         "parameters": {"uri": "./model.onnx"},
-        "max_batch_size": 64, "max_batch_time": max(delay_us, 100) / 1e6}))
+        "max_batch_size": max_batch_size, "max_batch_time": max(delay_us, 100) / 1e6}))
     return repo, work / "mlserver"
 
 
@@ -224,20 +225,42 @@ def run_load(make, rows, concurrency: int, per_thread: int, warmup: int = 20):
             "p99": percentile(latencies, 99) * 1e3, "n": len(latencies)}
 
 
+_last_counts = {"inference_count": 0, "execution_count": 0}
+
+
+def mean_batch(http_url: str) -> float:
+    """Rows per execution on the embedded server since the previous call (dynamic batching)."""
+    import tritonclient.http as client_module
+    stats = client_module.InferenceServerClient(http_url).get_inference_statistics("digits")["model_stats"][0]
+    rows = stats["inference_count"] - _last_counts["inference_count"]
+    runs = stats["execution_count"] - _last_counts["execution_count"]
+    _last_counts.update(inference_count=stats["inference_count"], execution_count=stats["execution_count"])
+    return rows / max(1, runs)
+
+
+def median_result(runs: list[dict]) -> dict:
+    good = [r for r in runs if "error" not in r]
+    if not good:
+        return runs[0]
+    return {key: float(np.median([r[key] for r in good])) for key in good[0]}
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--requests", type=int, default=400, help="requests per thread at concurrency 1 "
                         "(divided by the concurrency above it, so each cell sends about the same)")
     parser.add_argument("--delay-us", type=int, default=0, help="dynamic batching queue delay")
+    parser.add_argument("--rounds", type=int, default=3, help="repeat every cell; medians are shown")
+    parser.add_argument("--rows", type=int, default=1, help="rows per request")
     parser.add_argument("--skip-mlserver", action="store_true")
     args = parser.parse_args()
 
     import onnxruntime as ort
     from inference_models import digits
 
-    repo, ml_folder = build(args.delay_us)
+    repo, ml_folder = build(args.delay_us, max_batch_size=max(64, 8 * args.rows))
     X, _ = digits()
-    rows = [X[i:i + 1].copy() for i in range(256)]
+    rows = [X[i:i + args.rows].copy() for i in range(0, 256)]
     options = ort.SessionOptions()
     options.intra_op_num_threads = 1
     session = ort.InferenceSession(str(repo / "digits" / "1" / "model.onnx"), options,
@@ -260,26 +283,35 @@ def main():
                 got = make_caller(kind, url, binary)(rows[0])
                 assert np.allclose(got, want, atol=1e-5), (name, kind, got, want)
 
-        results = {}
-        for concurrency in (1, 8):
-            per_thread = max(20, args.requests // concurrency)
-            results[("in-process", "-", concurrency)] = run_load(lambda: in_process_caller(session), rows,
-                                                                  concurrency, per_thread)
-            for name, (http_url, grpc_url, binary) in targets.items():
-                for kind, url in (("http", http_url), ("grpc", grpc_url)):
-                    results[(name, kind, concurrency)] = run_load(
-                        lambda kind=kind, url=url, binary=binary: make_caller(kind, url, binary),
-                        rows, concurrency, per_thread)
-                    print(f"  done {name} {kind} c={concurrency}: {results[(name, kind, concurrency)]}",
-                          file=sys.stderr, flush=True)
+        # rounds interleave every cell, so load from elsewhere on the machine hits all alike
+        samples: dict = {}
+        for round_number in range(args.rounds):
+            for concurrency in (1, 8):
+                per_thread = max(20, args.requests // concurrency)
+                cells = [(("in-process", "-", concurrency), lambda: in_process_caller(session), None)]
+                for name, (http_url, grpc_url, binary) in targets.items():
+                    for kind, url in (("http", http_url), ("grpc", grpc_url)):
+                        cells.append(((name, kind, concurrency),
+                                      lambda kind=kind, url=url, binary=binary: make_caller(kind, url, binary),
+                                      http_url if name == "embedded" else None))
+                for key, make, stats_url in cells:
+                    if stats_url:
+                        mean_batch(stats_url)
+                    result = run_load(make, rows, concurrency, per_thread)
+                    if stats_url and "error" not in result:
+                        result["batch"] = mean_batch(stats_url)
+                    samples.setdefault(key, []).append(result)
+                    print(f"  round {round_number + 1} {key}: {result}", file=sys.stderr, flush=True)
+        results = {key: median_result(runs) for key, runs in samples.items()}
     finally:
         for proc in procs:
             stop(proc)
 
-    print(f"\nP4 — one-row requests to scikit-learn digits (ONNX), dynamic batching on "
-          f"(queue delay {args.delay_us} µs); {os.cpu_count()} cores, client and server on one machine\n")
+    print(f"\nP4 — {args.rows}-row requests to scikit-learn digits (ONNX), dynamic batching on "
+          f"(queue delay {args.delay_us} µs); {os.cpu_count()} cores, client and server on one machine; "
+          f"medians of {args.rounds} rounds\n")
     print(f"{'target':<12}{'protocol':<10}{'conc':>5}{'req/s':>10}{'p50 ms':>9}{'p99 ms':>9}"
-          f"{'x MLServer':>12}{'x in-proc':>11}")
+          f"{'x MLServer':>12}{'x in-proc':>11}{'rows/exec':>11}")
     for (name, kind, concurrency), r in results.items():
         if "error" in r:
             print(f"{name:<12}{kind:<10}{concurrency:>5}  ERROR {r['error']}")
@@ -289,7 +321,7 @@ def main():
         vs_ml = f"{r['rps'] / ml['rps']:.2f}" if name == "embedded" and "rps" in ml else ""
         vs_in = f"{r['rps'] / inproc['rps']:.3f}" if name != "in-process" else ""
         print(f"{name:<12}{kind:<10}{concurrency:>5}{r['rps']:>10.0f}{r['p50']:>9.3f}{r['p99']:>9.3f}"
-              f"{vs_ml:>12}{vs_in:>11}")
+              f"{vs_ml:>12}{vs_in:>11}{r.get('batch', ''):>11.4}")
 
 
 if __name__ == "__main__":

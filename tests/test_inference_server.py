@@ -45,6 +45,18 @@ def repo(tmp_path_factory):
     }
     inference_models.python_text_model(root)
     inference_models.broken_model(root)
+    onnx_bytes = (root / "digits" / "1" / "model.onnx").read_bytes()
+    # three versions, of which the policy serves the latest two
+    for version in (1, 2, 3):
+        (root / "versioned" / str(version)).mkdir(parents=True)
+        (root / "versioned" / str(version) / "model.onnx").write_bytes(onnx_bytes)
+    config = read_config(root / "digits")
+    config.name = "versioned"
+    config.version_policy.latest.num_versions = 2
+    write_config(config, root / "versioned")
+    # no config.pbtxt at all: inputs and outputs come from the ONNX model (Triton's auto-complete)
+    (root / "autocomplete" / "1").mkdir(parents=True)
+    (root / "autocomplete" / "1" / "model.onnx").write_bytes(onnx_bytes)
     return root, models
 
 
@@ -132,12 +144,32 @@ def test_model_metadata_and_config(server):
 
 def test_repository_index_shows_every_model_and_why_one_failed(server):
     index = {row["name"]: row for row in server.http().get_model_repository_index()}
-    assert {n: index[n]["state"] for n in ("digits", "mlp", "recorder", "text")} == dict.fromkeys(
-        ("digits", "mlp", "recorder", "text"), "READY")
+    ready = ("autocomplete", "digits", "mlp", "recorder", "text", "versioned")
+    assert {n: index[n]["state"] for n in ready} == dict.fromkeys(ready, "READY")
     assert index["broken"]["state"] == "UNAVAILABLE"
     assert "config.pbtxt" in index["broken"]["reason"] and "max_batch_sizes" in index["broken"]["reason"]
     grpc_index = {m.name: m.state for m in server.grpc().get_model_repository_index().models}
     assert grpc_index["digits"] == "READY" and grpc_index["broken"] == "UNAVAILABLE"
+
+
+def test_version_policy_and_config_auto_complete(server, repo):
+    http, grpc = server.http(), server.grpc()
+    assert http.get_model_metadata("versioned")["versions"] == ["2", "3"]
+    assert not http.is_model_ready("versioned", "1") and grpc.is_model_ready("versioned", "2")
+    X = digits_sample(3)
+    want = repo[1]["digits"].predict(X)
+    for version in ("2", "3", ""):
+        result = grpc.infer("versioned", [grpc_input("X", X, "FP32")], model_version=version)
+        np.testing.assert_array_equal(result.as_numpy("label"), want)
+        assert result.get_response().model_version == (version or "3")
+    with pytest.raises(InferenceServerException) as refused:
+        http.infer("versioned", [http_input("X", X, "FP32")], model_version="1")
+    assert refused.value.status() == "404"
+    meta = http.get_model_metadata("autocomplete")
+    assert meta["inputs"] == [{"name": "X", "datatype": "FP32", "shape": [-1, 64]}]
+    assert {o["name"] for o in meta["outputs"]} == {"label", "probabilities"}
+    result = http.infer("autocomplete", [http_input("X", X, "FP32")])
+    np.testing.assert_array_equal(result.as_numpy("label"), want)
 
 
 # ------------------------------------------------------------------------ inference
