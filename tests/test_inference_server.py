@@ -402,6 +402,24 @@ def test_malformed_http_bodies_are_json_400s(server):
     assert wrong_verb.status_code == 405 and "error" in wrong_verb.json()
 
 
+def test_unsupported_extensions_answer_cleanly(server):
+    http, grpc = server.http(), server.grpc()
+    assert http.get_system_shared_memory_status() == []
+    assert list(grpc.get_cuda_shared_memory_status().regions) == []
+    with pytest.raises(InferenceServerException) as refused:
+        http.register_system_shared_memory("r", "/r", 16)
+    assert refused.value.status() == "400" and "not supported" in refused.value.message()
+    for call in (lambda: grpc.register_system_shared_memory("r", "/r", 16), grpc.get_log_settings,
+                 grpc.get_trace_settings):
+        with pytest.raises(InferenceServerException) as refused:
+            call()
+        assert refused.value.status() == "StatusCode.UNIMPLEMENTED" and "not supported" in refused.value.message()
+    with pytest.raises(InferenceServerException) as refused:
+        http.get_log_settings()
+    assert refused.value.status() == "400"
+    assert len(http.get_inference_statistics()["model_stats"]) >= 4
+
+
 def test_a_python_models_error_fails_only_that_request(server):
     failing = np.array([b"fail"], dtype=object)
     with pytest.raises(InferenceServerException) as refused:
@@ -474,6 +492,13 @@ def test_config_errors_name_the_file_line_and_field(tmp_path):
     for config, message in checks:
         with pytest.raises(ModelConfigError, match=message):
             validate_config(config, "m", "m/config.pbtxt")
+    sequence = make_config("m", [("x", "FP32", [2])], [("y", "FP32", [2])], max_batch_size=4)
+    sequence.sequence_batching.max_sequence_idle_microseconds = 1000
+    with pytest.raises(ModelConfigError, match="sequence_batching: not supported"):
+        validate_config(sequence, "m")
+    validate_config(sequence, "m", embedded=False)  # fine for Triton itself
+    tensorrt = make_config("m", [("x", "FP32", [2])], [("y", "FP32", [2])], platform="tensorrt_plan")
+    validate_config(tensorrt, "m", embedded=False)
     good = make_config("m", [("x", "FP32", [2])], [("y", "INT64", [1])], max_batch_size=8,
                        dynamic_batching=True, preferred_batch_sizes=[4, 8], max_queue_delay_microseconds=100)
     write_config(good, tmp_path / "m")

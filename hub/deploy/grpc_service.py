@@ -133,6 +133,24 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
         return build_infer_response(response)
 
 
+    # Shared memory, trace and log settings are not served: status calls say "no regions",
+    # the rest answer UNIMPLEMENTED with a message (not the generated stub's traceback).
+    @_protocol_errors
+    async def SystemSharedMemoryStatus(self, request, context):
+        return pb.SystemSharedMemoryStatusResponse()
+
+    @_protocol_errors
+    async def CudaSharedMemoryStatus(self, request, context):
+        return pb.CudaSharedMemoryStatusResponse()
+
+    async def _unimplemented(self, request, context):
+        await context.abort(grpc.StatusCode.UNIMPLEMENTED,
+                            "not supported by fedhub's embedded inference server")
+
+    SystemSharedMemoryRegister = SystemSharedMemoryUnregister = _unimplemented
+    CudaSharedMemoryRegister = CudaSharedMemoryUnregister = _unimplemented
+    TraceSetting = LogSettings = _unimplemented
+
     async def ModelStreamInfer(self, request_iterator, context):
         """Streaming inference: one response per request, errors in `error_message` (Triton's
         non-decoupled stream behaviour), so one bad request does not end the stream."""

@@ -266,6 +266,18 @@ def parse_infer_request(header: dict, binary: memoryview, model: str, version: s
     return request
 
 
+class SharedMemoryStatus(Handler):
+    def get(self, region=None):
+        self.reply([])  # no region is ever registered here
+
+
+class NotSupported(Handler):
+    def get(self, *args):
+        raise InvalidArgument(f"{self.request.path} is not supported by fedhub's embedded inference server")
+
+    post = get
+
+
 def make_app(server) -> tornado.web.Application:
     args = {"server": server}
     return tornado.web.Application([
@@ -281,6 +293,10 @@ def make_app(server) -> tornado.web.Application:
         (r"/v2/repository/index", RepositoryIndex, args),
         (r"/v2/repository/models/(?P<model>[^/]+)/load", RepositoryLoad, args),
         (r"/v2/repository/models/(?P<model>[^/]+)/unload", RepositoryUnload, args),
+        (r"/v2/(?:system|cuda)sharedmemory(?:/region/(?P<region>[^/]+))?/status", SharedMemoryStatus, args),
+        (r"/v2/(?:system|cuda)sharedmemory/.*", NotSupported, args),
+        (r"/v2(?:/models/[^/]+)?/trace/setting", NotSupported, args),
+        (r"/v2/logging", NotSupported, args),
     ], default_handler_class=NotFoundHandler, default_handler_args=args)
 
 

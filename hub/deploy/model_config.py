@@ -171,17 +171,25 @@ def backend_of(config: ModelConfig) -> str:
 
 
 def validate_config(config: ModelConfig, model_name: str, source: str = CONFIG_FILE,
-                    require_io: bool = True) -> None:
-    """Check what the embedded server relies on; raise ModelConfigError naming the field."""
+                    require_io: bool = True, embedded: bool = True) -> None:
+    """Check a config; raise ModelConfigError naming the file and field. With `embedded`
+    (the default) also refuse what the embedded server cannot serve (other platforms,
+    sequence batching, ensembles); embedded=False checks a config meant for Triton itself."""
     def fail(field: str, expected: str) -> None:
         raise ModelConfigError(f"{source}: {field}: {expected}")
 
     if config.name and config.name != model_name:
         fail("name", f"{config.name!r} must match the model's directory name {model_name!r}")
-    try:
-        backend_of(config)
-    except ModelConfigError as exc:
-        fail("platform/backend", str(exc))
+    if embedded:
+        try:
+            backend_of(config)
+        except ModelConfigError as exc:
+            fail("platform/backend", str(exc))
+        for unsupported in ("sequence_batching", "ensemble_scheduling"):
+            if config.HasField(unsupported):
+                fail(unsupported, "not supported by the embedded server (use Triton on a site)")
+    elif not (config.platform or config.backend):
+        fail("platform/backend", "set platform (e.g. 'onnxruntime_onnx') or backend")
     if config.max_batch_size < 0:
         fail("max_batch_size", f"must be >= 0, got {config.max_batch_size}")
     if require_io and not config.input:
