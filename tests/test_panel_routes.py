@@ -3,13 +3,17 @@
 store), forwarding to a real hub's fedhub API, and the errors of each mode."""
 
 import json
+import shutil
 import socket
 import textwrap
+from pathlib import Path
 
 import pytest
 from tornado.httpclient import HTTPClientError
 
 pytest_plugins = ["pytest_jupyter.jupyter_server"]
+
+EXAMPLE_APP = Path(__file__).resolve().parents[1] / "hub" / "federation" / "examples" / "digits"
 
 FLOWER_PYPROJECT = textwrap.dedent("""\
     [project]
@@ -199,3 +203,62 @@ def test_paths_are_checked_in_the_session_before_the_hub(unreachable_hub, api):
     for route, body, needle in cases:
         code, message = api.error("POST", route, body=body)
         assert code == 400 and needle in message, (body, message)
+
+
+# ---------------------------------------------------------------- through a real hub
+
+
+@pytest.fixture(scope="module")
+def real_hub(module_hub_factory):
+    hub = module_hub_factory(None, args=["--no-mlflow"]).start()
+    hub.user_token = hub.create_user("pat")
+    return hub
+
+
+class TestThroughARealHub:
+    """The session forwards to a real `fedhub up`: its answers and 4xx come back unchanged."""
+
+    @pytest.fixture
+    def jp_root_dir(self, real_hub):
+        home = real_hub.data_dir / "homes" / "pat"  # the session's root is the user's home, as under the hub
+        home.mkdir(parents=True, exist_ok=True)
+        return home
+
+    @pytest.fixture(autouse=True)
+    def session_env(self, real_hub, jp_root_dir, tmp_path, monkeypatch):
+        monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'mlflow.db'}")
+        monkeypatch.setenv("MLFLOW_TRACKING_TOKEN", real_hub.user_token)
+        monkeypatch.setenv("FEDHUB_URL", real_hub.url)
+        monkeypatch.setenv("JUPYTERHUB_API_TOKEN", real_hub.user_token)
+        if not (jp_root_dir / "digits").exists():
+            shutil.copytree(EXAMPLE_APP, jp_root_dir / "digits")
+            (jp_root_dir / "models").mkdir()
+            (jp_root_dir / "models" / "net.onnx").write_bytes(b"\x08\x07onnx-bytes")
+
+    def test_sites_and_lists_come_from_the_hub(self, api, real_hub):
+        offered = api.get("fl", "sites")
+        direct = real_hub.fedhub_api("/federation/sites", real_hub.user_token).json()
+        assert offered == direct and {s["name"] for s in offered["sites"]} >= {"local-a", "local-b"}
+        assert api.get("jobs") == {"jobs": []}
+        assert api.get("deployments") == {"deployments": []}
+
+    def test_the_hubs_4xx_pass_through(self, api):
+        cases = [
+            ("POST", ("jobs",), {"app": "digits", "sites": ["atlantis"], "rounds": 2}, 400, "unknown site"),
+            ("POST", ("jobs",), {"app": "digits", "sites": ["local-a"], "rounds": 0}, 400, "rounds"),
+            ("POST", ("jobs",), {"app": "digits", "sites": ["local-a"], "rounds": 2, "colour": 1}, 400,
+             "unknown field"),
+            ("GET", ("jobs", "no-such-job"), None, 404, ""),
+            ("GET", ("jobs", "no-such-job", "events"), None, 404, ""),
+            ("POST", ("jobs", "no-such-job", "cancel"), None, 404, ""),
+            ("POST", ("deployments",), {"model": "runs:/abc/model", "name": "Bad Name!"}, 400, "name"),
+            ("POST", ("deployments",), {"model": "models/net.onnx", "name": "net", "target": "moon"}, 400,
+             "target"),
+            ("GET", ("deployments", "nope"), None, 404, "No deployment"),
+            ("DELETE", ("deployments", "nope"), None, 404, "No deployment"),
+            ("POST", ("deployments", "nope", "infer"), {"sample": True}, 404, "No deployment"),
+            ("GET", ("deployments", "nope", "snippet"), None, 404, "No deployment"),
+        ]
+        for method, path, body, status, needle in cases:
+            code, message = api.error(method, *path, body=body)
+            assert code == status and needle in message, (path, body, code, message)

@@ -25,7 +25,13 @@ export const federatedIcon = new LabIcon({
     '</svg>'
 });
 
-/** `{round, train: {loss}, bytes: 10}` -> `{'train.loss': .., bytes: 10}`: numbers only. */
+/** Keys of a round record that are not per-round figures (per-site details, timestamps). */
+const NOT_FIGURES = new Set(['round', 'time', 'nodes']);
+
+/**
+ * `{round, metrics: {train_loss}, bytes_round: 10, nodes: {...}}` ->
+ * `{train_loss: .., bytes_round: 10}`: numbers only, the `metrics.` level dropped.
+ */
 export function flattenRound(r: jobsApi.IRoundMetrics): { [key: string]: number } {
   const out: { [key: string]: number } = {};
   const walk = (prefix: string, v: unknown): void => {
@@ -38,8 +44,8 @@ export function flattenRound(r: jobsApi.IRoundMetrics): { [key: string]: number 
     }
   };
   for (const [k, v] of Object.entries(r)) {
-    if (k !== 'round') {
-      walk(k, v);
+    if (!NOT_FIGURES.has(k)) {
+      walk(k === 'metrics' ? '' : k, v);
     }
   }
   return out;
