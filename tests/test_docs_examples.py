@@ -66,7 +66,7 @@ MARKED = [b for b in catalogue_blocks() if b["invalid"]]
 
 
 def with_stand_ins(doc: dict, tmp_path: Path) -> dict:
-    """The catalogue with the hub-side files its options name (slurm.conf, kubeconfig) replaced by stand-ins."""
+    """The catalogue with the hub-side files its options name (slurm.conf, JWT, kubeconfig) replaced by stand-ins."""
     doc = copy.deepcopy(doc)
     for site in doc["sites"]:
         options = site.get("options") or {}
@@ -74,6 +74,10 @@ def with_stand_ins(doc: dict, tmp_path: Path) -> dict:
             conf = tmp_path / f"{site['name']}.slurm.conf"
             conf.write_text("# stand-in\n")
             options["slurm_conf"] = str(conf)
+        if site["kind"] == "slurm" and "jwt_file" in options:
+            jwt = tmp_path / f"{site['name']}.jwt"
+            jwt.write_text("stand-in-token\n")
+            options["jwt_file"] = str(jwt)
         if site["kind"] == "kubernetes" and "kubeconfig" in options:
             kubeconfig = tmp_path / f"{site['name']}.kubeconfig"
             kubeconfig.write_text(yaml.safe_dump({"contexts": [{"name": options.get("context") or "default"}]}))
@@ -87,11 +91,13 @@ def with_stand_ins(doc: dict, tmp_path: Path) -> dict:
 def test_the_federation_example_passes_the_schema_with_every_kind_of_site():
     cat = load_catalogue(EXAMPLE)
     assert [(s.name, s.kind) for s in cat.sites] == [
-        ("hub-local", "local"), ("hpc-north", "slurm"), ("hpc-south", "slurm"), ("cloud-gpu", "kubernetes")]
+        ("hub-local", "local"), ("hpc-north", "slurm"), ("hpc-south", "slurm"), ("hpc-east", "slurm"),
+        ("cloud-gpu", "kubernetes")]
     assert cat.gpu_types == ("a100", "t4")
     slurm = [s for s in cat.sites if s.kind == "slurm"]
     # one site per cluster: the sinfo poller is per slurm.conf
-    assert len({s.options["slurm_conf"] for s in slurm}) == len(slurm)
+    by_conf = [s.options["slurm_conf"] for s in slurm if "slurm_conf" in s.options]
+    assert len(set(by_conf)) == len(by_conf) == 2
     # an unquoted 4:00:00 would reach Slurm as 14400 (minutes)
     assert all(isinstance(s.options["runtime"], str) for s in slurm if "runtime" in s.options)
     assert cat.site("hpc-north").options["runtime"] == "4:00:00"
@@ -104,7 +110,7 @@ def test_the_federation_example_options_pass_each_backends_checks(tmp_path):
     fed = Federation(catalogue_from_dict(doc, "federation.yaml"))
     assert {name: type(b).__name__ for name, b in fed.backends.items()} == {
         "hub-local": "LocalBackend", "hpc-north": "SlurmBackend", "hpc-south": "SlurmBackend",
-        "cloud-gpu": "KubernetesBackend"}
+        "hpc-east": "SlurmRestBackend", "cloud-gpu": "KubernetesBackend"}
     assert fed.backends["hpc-north"].start_timeout == 180
     assert fed.backends["hpc-south"].poll_interval == 10
     assert fed.backends["cloud-gpu"].options.gpu_products == {"a100": "NVIDIA-A100-SXM4-80GB", "t4": "Tesla-T4"}

@@ -17,7 +17,7 @@ import requests
 from fedhub.hub.catalogue import CatalogueError, catalogue_from_dict
 from fedhub.spawner.backends.slurm import BATCH_SCRIPT, pending_reason
 from fedhub.spawner.backends.slurm_rest import (
-    SlurmRestAuthError, SlurmRestClient, SlurmRestUnavailable, job_status_line, job_submit_body, memory_mb,
+    SlurmRestAuthError, SlurmRestClient, SlurmRestError, SlurmRestUnavailable, job_status_line, job_submit_body, memory_mb,
     parse_rest_nodes, queue_position, rest_error_message, token_claims)
 from fedhub.spawner.federation import Federation
 from fedhub.spawner.inventory import Allocation
@@ -204,6 +204,9 @@ async def test_client_against_the_real_slurmrestd(cluster, jwt_file, monkeypatch
     monkeypatch.setenv("FEDHUB_TEST_BAD_JWT", "not-a-token")
     with pytest.raises(SlurmRestAuthError, match="could not authenticate with the token"):
         await SlurmRestClient(cluster.rest_url, "root", jwt_env="FEDHUB_TEST_BAD_JWT").nodes()
+    monkeypatch.setenv("FEDHUB_TEST_NOBODY_JWT", cluster.mint_token("nobody", lifespan=600))
+    with pytest.raises(SlurmRestError, match="the token was issued for 'nobody', rest_user is 'root'"):
+        await SlurmRestClient(cluster.rest_url, "root", jwt_env="FEDHUB_TEST_NOBODY_JWT").nodes()
     with pytest.raises(SlurmRestUnavailable, match="not answering"):
         await SlurmRestClient("http://127.0.0.1:9", "root", jwt_file=str(jwt_file)).nodes()
 
@@ -216,7 +219,7 @@ def hub(module_hub_factory, cluster, jwt_file):
                                   "poll_interval": 1, "start_timeout": 90}}],
            "defaults": {"cpus": 1, "memory": "512M"}}
     assert "SLURM_CONF" not in os.environ  # the hub knows the cluster by its REST URL only
-    return module_hub_factory(json.dumps(doc), args=["--no-mlflow"]).start()
+    return module_hub_factory(json.dumps(doc), args=["--no-mlflow", "--keep-servers"]).start()
 
 
 @pytest.mark.hub
@@ -257,22 +260,40 @@ def test_session_is_a_job_submitted_over_rest_pending_reason_gpu_proxy_and_stop(
     assert env["CUDA_VISIBLE_DEVICES"] == "0" and env["FEDHUB_SITE"] == "hpc-rest"  # CUDA_...: set by Slurm
     r = requests.get(f"{hub.url}/user/rita/api/status", headers={"Authorization": f"token {token}"})
     assert r.status_code == 200
+    # the job id is in the spawner's state: a restarted hub finds the session again
+    hub.stop()
+    hub.start()
+    assert hub.wait_ready("rita", timeout=60)["state"]["fedhub"]["child"]["job_id"] == job_id
+    r = requests.get(f"{hub.url}/user/rita/api/status", headers={"Authorization": f"token {token}"})
+    assert r.status_code == 200, r.text
     hub.stop_server("rita")
     wait_for(lambda: not cluster.jobs(), what="job gone after stop")
 
 
 @pytest.mark.hub
-def test_slurmrestd_down_marks_the_site_down_until_it_answers_again(hub, cluster):
+def test_slurmrestd_down_mid_start_marks_the_site_down_and_its_job_is_cancelled_when_back(hub, cluster):
     token = hub.create_user("ops")
+    hub.create_user("kim")
     wait_for(lambda: sites(hub, token)["hpc-rest"]["up"], what="site up")
-    cluster.stop_rest()
+    cluster.run("scontrol", "update", f"PartitionName={cluster.partition}", "State=DOWN")  # the job will pend
     try:
+        poster = threading.Thread(target=hub.spawn, args=("kim",))
+        poster.start()
+        wait_for(lambda: any("PENDING" in j for j in cluster.jobs()), what="job pending")
+        cluster.stop_rest()
         down = wait_for(lambda: (lambda s: s if not s["up"] else None)(sites(hub, token)["hpc-rest"]),
                         timeout=30, what="site down")
         assert f"slurmrestd at {cluster.rest_url} not answering" in down["down_reason"]
+        poster.join()
+        wait_for(lambda: hub.server("kim") is None, timeout=60, what="the start given up")
+        assert cluster.jobs(), "the job is still there while slurmrestd is away"
     finally:
         cluster.start_rest()
+        cluster.run("scontrol", "update", f"PartitionName={cluster.partition}", "State=UP")
     wait_for(lambda: sites(hub, token)["hpc-rest"]["up"], timeout=30, what="site back up")
+    wait_for(lambda: not cluster.jobs(), timeout=30, what="the job left by the failed start cancelled")
+    assert "cancelled job" in hub.log_tail(400) and "left by a failed start" in hub.log_tail(400)
+    assert hub.proc.poll() is None
 
 
 @pytest.mark.hub
@@ -295,3 +316,19 @@ def test_expired_or_bad_token_is_the_sites_health_reason_and_a_new_token_file_he
         jwt_file.write_text(good)  # rotation: the file is read at every request
     wait_for(lambda: sites(hub, token)["hpc-rest"]["up"], timeout=30, what="site up with the new token")
     assert hub.proc.poll() is None
+
+
+def test_the_operator_guide_quotes_the_codes_messages(tmp_path):
+    guide = (Path(__file__).resolve().parents[1] / "docs" / "site-operators.md").read_text()
+    quoted = guide.split("The mistakes the hub refuses to start with:\n\n```\n", 1)[1].split("```", 1)[0]
+    token = tmp_path / "hpc-east.jwt"
+    token.write_text("t")
+    base = {"rest_url": "https://slurm.hpc-east.example.org:6820", "rest_user": "fedhub"}
+    cases = [{**base}, {**base, "jwt_file": str(token), "slurm_conf": "/etc/fedhub/slurm/hpc-east.conf"},
+             {**base, "jwt_file": "/etc/fedhub/slurm/hpc-east.jwt"}, {"rest_user": "fedhub", "jwt_file": str(token)}]
+    messages = []
+    for options in cases:
+        with pytest.raises(CatalogueError) as e:
+            Federation(catalogue_from_dict(rest_site(**options), "sites.yaml"))
+        messages.append(str(e.value))
+    assert quoted.splitlines() == messages

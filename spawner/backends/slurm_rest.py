@@ -185,8 +185,9 @@ class SlurmRestClient:
         return token
 
     async def call(self, method: str, path: str, body: dict | None = None) -> dict:
+        token = self.token()
         request = HTTPRequest(
-            f"{self.url}{API}{path}", method=method, headers=rest_headers(self.user, self.token()),
+            f"{self.url}{API}{path}", method=method, headers=rest_headers(self.user, token),
             body=json.dumps(body) if body is not None else None,
             request_timeout=self.timeout, connect_timeout=self.timeout)
         try:
@@ -204,6 +205,9 @@ class SlurmRestClient:
             return doc
         errors = doc.get("errors") or []
         message = rest_error_message(response.code, doc)
+        issued_for = token_claims(token).get("sun")
+        if issued_for and issued_for != self.user:  # only an administrator's token may act as another user
+            message += f" (the token was issued for {issued_for!r}, rest_user is {self.user!r})"
         if any(e.get("error_number") == _NO_SUCH_JOB for e in errors):
             raise NoSuchJob(message, response.code, errors)
         if response.code in (401, 403) or "authenticate" in message:
@@ -344,7 +348,12 @@ class SlurmRestBackend(SlurmBackend):
 
     async def cancel_orphans(self) -> None:
         for job_id in sorted(self.orphans):
-            await self.rest.cancel(job_id)
+            try:
+                await self.rest.cancel(job_id)
+            except SlurmRestError as e:  # the poll answered, so the site stays up; retry next poll
+                if self.log:
+                    self.log.warning("%s: could not cancel job %s yet: %s", self.site.name, job_id, e)
+                continue
             self.orphans.discard(job_id)
             if self.log:
                 self.log.info("%s: cancelled job %s left by a failed start", self.site.name, job_id)
