@@ -288,6 +288,15 @@ def test_dynamic_batching_merges_concurrent_requests_and_keeps_results_apart(ser
     assert stats["execution_count"] - before < len(xs), stats
     assert max(b["batch_size"] for b in stats["batch_stats"]) > max(rows), stats
 
+    # no queue delay (digits): whatever gets merged under load, each caller gets its own rows
+    pipeline = repo[1]["digits"]
+    samples = [digits_sample(1 + i % 3, offset=20 * i) for i in range(12)]
+    got = run_concurrently([lambda x=x, i=i: (server.http() if i % 2 else server.grpc()).infer(
+        "digits", [(http_input if i % 2 else grpc_input)("X", x, "FP32")]).as_numpy("label")
+        for i, x in enumerate(samples)])
+    for x, labels in zip(samples, got):
+        np.testing.assert_array_equal(labels, pipeline.predict(x))
+
 
 # ------------------------------------------------------------------------ repository API
 def test_unload_and_load_through_the_repository_api(server):

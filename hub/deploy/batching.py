@@ -58,6 +58,7 @@ class Scheduler:
         self._workers: list[asyncio.Task] = []
         self._closed = False
         self._seconds_per_row: float | None = None  # moving average of measured executions
+        self._running = 0  # executions in progress
 
     def start(self) -> None:
         if self.batching and not self._workers:
@@ -69,6 +70,10 @@ class Scheduler:
         if not self.batching:
             async with self._slots:
                 result = (await self._execute([request]))[0]
+        elif not self._queue and not self._running and self.delay == 0 and self._runs_inline(request):
+            # nothing to batch with and nothing running: the batcher would dispatch this request
+            # alone right away; run it here and skip two trips through the event loop
+            result = (await self._execute([request]))[0]
         else:
             future = asyncio.get_running_loop().create_future()
             self._queue.append((request, future))
@@ -144,8 +149,13 @@ class Scheduler:
         self._seconds_per_row = per_row if average is None else 0.8 * average + 0.2 * per_row
         return results
 
+    def _runs_inline(self, request: InferRequest) -> bool:
+        return self._seconds_per_row is not None and \
+            self._seconds_per_row * self._rows(request) < INLINE_BUDGET
+
     async def _execute(self, requests: list[InferRequest]) -> list:
         rows = sum(self._rows(r) for r in requests)
+        self._running += 1
         try:
             if self._seconds_per_row is not None and self._seconds_per_row * rows < INLINE_BUDGET:
                 results = self._timed_execute(requests)
@@ -157,6 +167,8 @@ class Scheduler:
         except Exception as exc:  # a backend bug fails this batch, never the server
             results = [InferenceServerError(f"model '{requests[0].model_name}' failed: "
                                             f"{type(exc).__name__}: {exc}")] * len(requests)
+        finally:
+            self._running -= 1
         self.stats.execution_count += 1
         self.stats.batch_sizes[rows] += 1
         for request, result in zip(requests, results):
