@@ -147,10 +147,13 @@ class ShimClientApp(ClientApp):
 
 # ----------------------------------------------------------------------------- events
 class EventLog:
-    """Append-only JSON lines; never raises (events must not break a run)."""
+    """Append-only JSON lines, each tagged with the run id; never raises.
 
-    def __init__(self, path: str | None):
-        self.path = path or None
+    Events must not break a run; several runs may share one file (one SuperLink).
+    """
+
+    def __init__(self, path: str | None, run_id: str | None = None):
+        self.path, self.run_id = path or None, run_id
         self._failed = False
 
     def write(self, event: dict) -> None:
@@ -158,7 +161,8 @@ class EventLog:
             return
         try:
             with open(self.path, "a", encoding="utf-8") as out:
-                out.write(json.dumps({"time": time.time(), **event}, default=_jsonable) + "\n")
+                line = {"time": time.time(), "run_id": self.run_id, **event}
+                out.write(json.dumps(line, default=_jsonable) + "\n")
         except Exception as exc:  # noqa: BLE001 - best effort by design
             self._failed = True
             log.warning("fedhub shim: cannot write events to %s: %s", self.path, exc)
@@ -432,11 +436,12 @@ class ShimServerApp(ServerApp):
         self._inner, self._spec = inner, spec
 
     def __call__(self, grid: Grid, context: Context) -> None:
-        events = EventLog(self._spec.get("events_path") or os.environ.get(EVENTS_ENV))
+        events = EventLog(self._spec.get("events_path") or os.environ.get(EVENTS_ENV),
+                          str(context.run_id))  # as `flwr ls` prints it (uint64)
         capture = ServerEvaluationCapture(events)
         flwr_logger = logging.getLogger("flwr")
         flwr_logger.addHandler(capture)
-        events.write({"event": "start", "run_id": context.run_id, "spec": self._spec,
+        events.write({"event": "start", "spec": self._spec,
                       "run_config": dict(context.run_config)})
         try:
             self._inner(grid=CodecGrid(grid, self._spec, events), context=context)
