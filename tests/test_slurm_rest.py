@@ -135,6 +135,7 @@ def test_rest_options_select_the_rest_backend(token_file, monkeypatch):
                                                    jwt_file=token_file, partition="gpu"), "sites.yaml"))
     backend = fed.backends["hpc"]
     assert type(backend).__name__ == "SlurmRestBackend" and backend.rest.url == "http://127.0.0.1:6820"
+    assert backend.rest.timeout == 10  # a hanging slurmrestd counts as down as soon as a hanging sinfo would
     o = backend.spawner_overrides(Allocation("hpc", "n1", 2, 2**30, "a100", (0,)), SessionRequest(gpus=1))
     assert (o["rest_url"], o["rest_user"], o["jwt_file"], o["jwt_env"]) == (
         "http://127.0.0.1:6820", "fedhub", token_file, "")
@@ -143,6 +144,9 @@ def test_rest_options_select_the_rest_backend(token_file, monkeypatch):
     fed = Federation(catalogue_from_dict(rest_site(rest_url="https://slurm.example.org", rest_user="fedhub",
                                                    jwt_env="HPC_JWT"), "sites.yaml"))
     assert fed.backends["hpc"].rest.jwt_env == "HPC_JWT"
+    fed = Federation(catalogue_from_dict(rest_site(rest_url="https://slurm.example.org", rest_user="fedhub",
+                                                   jwt_env="HPC_JWT", poll_interval=30), "sites.yaml"))
+    assert fed.backends["hpc"].rest.timeout == 60
 
 
 @pytest.mark.parametrize("options, message", [

@@ -4,7 +4,7 @@ import jinja2
 import pytest
 
 from fedhub.hub.catalogue import CatalogueError, catalogue_from_dict
-from fedhub.spawner.backends.slurm import BATCH_SCRIPT, SlurmBackend, parse_sinfo, pending_reason
+from fedhub.spawner.backends.slurm import BATCH_SCRIPT, SlurmBackend, parse_gres, parse_sinfo, pending_reason
 from fedhub.spawner.federation import Federation
 from fedhub.spawner.inventory import Allocation
 from fedhub.spawner.placement import SessionRequest
@@ -27,6 +27,13 @@ def test_parse_sinfo_reads_cpus_memory_gres_and_used_indices():
     assert nodes["nodeb"].gpus == {"h100": 2, "t4": 1} and nodes["nodeb"].gpus_used == {"h100": set(), "t4": {0}}
     assert nodes["noded"].gpus_used == {"a100": {0, 1, 2, 3}}
     assert not nodes["nodec"].usable and nodes["nodea"].usable
+
+
+def test_parse_gres_reads_types_counts_and_used_indices():
+    assert parse_gres("gpu:a100:4,gpu:t4:1", "gpu:a100:3(IDX:0-1,3),gpu:t4:0(IDX:N/A)") == (
+        {"a100": 4, "t4": 1}, {"a100": {0, 1, 3}, "t4": set()})
+    assert parse_gres("(null)", "(null)") == ({}, {})
+    assert parse_gres("gpu:2", "") == ({}, {})  # untyped GPUs are not offered
 
 
 def backend(tmp_path, **options):

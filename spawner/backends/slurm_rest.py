@@ -332,7 +332,10 @@ class SlurmRestBackend(SlurmBackend):
             raise SiteOptionError("jwt_env", "the name of an environment variable set in the hub's environment",
                                   options["jwt_env"])
         self.slurm_conf = ""
-        self.rest = SlurmRestClient(url, user, jwt_file, jwt_env)
+        # a poll that hangs counts as down after the same time as a hanging sinfo
+        poll = options.get("poll_interval", 5)
+        timeout = max(10.0, 2 * poll) if isinstance(poll, (int, float)) and not isinstance(poll, bool) else 10.0
+        self.rest = SlurmRestClient(url, user, jwt_file, jwt_env, timeout=timeout)
 
     @property
     def watch_key(self) -> str:
