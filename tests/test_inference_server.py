@@ -334,6 +334,15 @@ def test_load_with_a_bad_config_keeps_the_previous_model_serving(server):
     assert grpc.infer("digits", [grpc_input("X", digits_sample(1), "FP32")]).as_numpy("label").shape == (1,)
 
 
+def test_a_config_whose_datatype_disagrees_with_the_onnx_model_is_refused(server):
+    config = server.http().get_model_config("digits")
+    config["input"][0]["data_type"] = "TYPE_FP64"
+    with pytest.raises(InferenceServerException) as refused:
+        server.grpc().load_model("digits", config=json.dumps(config))
+    assert "'X' is FP64 in config.pbtxt but FP32 in the ONNX model" in refused.value.message()
+    assert server.grpc().is_model_ready("digits")
+
+
 def test_malformed_config_pbtxt_is_refused_then_fixed_and_loaded(server, repo):
     http, grpc = server.http(), server.grpc()
     for load in (http.load_model, grpc.load_model):
@@ -446,6 +455,16 @@ def test_sigterm_stops_the_server_gracefully(server):
     server.proc.send_signal(signal.SIGTERM)
     assert server.proc.wait(timeout=20) == 0
     assert "Traceback" not in server.log(), server.log()
+
+
+def test_the_command_line_reports_a_bad_repository_without_a_traceback(tmp_path):
+    missing = tmp_path / "nowhere"
+    run = subprocess.run([sys.executable, "-m", "fedhub.hub.deploy.server", "--model-repository",
+                          str(missing), "--http-port", "0", "--grpc-port", "0"],
+                         capture_output=True, text=True, timeout=60)
+    assert run.returncode != 0
+    assert f"model repository {missing} is not a directory" in run.stderr
+    assert "Traceback" not in run.stderr
 
 
 # ------------------------------------------------------------------------ in-process, token hook

@@ -229,8 +229,12 @@ def parse_infer_request(header: dict, binary: memoryview, model: str, version: s
     inputs = header.get("inputs")
     if not isinstance(inputs, list) or not inputs:
         raise InvalidArgument("inference request needs a non-empty 'inputs' list")
+    parameters = header.get("parameters") or {}
+    if not isinstance(parameters, dict):
+        raise InvalidArgument("'parameters' must be a JSON object")
+    # binary_data_output is about this wire format, not for the model (Triton drops it too)
     request = InferRequest(model, version, str(header.get("id", "")),
-                           parameters=header.get("parameters") or {})
+                           parameters={k: v for k, v in parameters.items() if k != "binary_data_output"})
     offset = 0
     for item in inputs:
         if not isinstance(item, dict):

@@ -105,7 +105,10 @@ class InferenceServer:
         self.ready = False
         if self._http is not None:
             self._http.stop()
-            await asyncio.wait_for(self._http.close_all_connections(), grace)
+            try:
+                await asyncio.wait_for(self._http.close_all_connections(), grace)
+            except asyncio.TimeoutError:
+                log.warning("HTTP connections still open after %.0f s; closing anyway", grace)
         if self._grpc is not None:
             await self._grpc.stop(grace)
         if self.repository is not None:

@@ -70,15 +70,22 @@ class OnnxBackend:
             self.session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
         except Exception as exc:  # onnxruntime raises its own Fail/InvalidGraph types
             raise ModelConfigError(f"{path}: onnxruntime cannot load the model: {exc}") from None
-        model_inputs = {i.name for i in self.session.get_inputs()}
-        model_outputs = {o.name for o in self.session.get_outputs()}
+        model_inputs = {i.name: i.type for i in self.session.get_inputs()}
+        model_outputs = {o.name: o.type for o in self.session.get_outputs()}
+        source = version_dir.parent / "config.pbtxt"
         for kind, declared, present in (("input", config.input, model_inputs),
                                         ("output", config.output, model_outputs)):
             for tensor in declared:
                 if tensor.name not in present:
                     raise ModelConfigError(
-                        f"{version_dir.parent / 'config.pbtxt'}: {kind} {tensor.name!r} is not in "
-                        f"the ONNX model (it has {sorted(present)})")
+                        f"{source}: {kind} {tensor.name!r} is not in the ONNX model "
+                        f"(it has {sorted(present)})")
+                declared_type = config_type_to_protocol(tensor.data_type)
+                model_type = ORT_TYPES.get(present[tensor.name])
+                if model_type is not None and model_type != declared_type:
+                    raise ModelConfigError(
+                        f"{source}: {kind} {tensor.name!r} is {declared_type} in config.pbtxt "
+                        f"but {model_type} in the ONNX model")
         self.output_types = {t.name: config_type_to_protocol(t.data_type) for t in config.output}
 
     def execute(self, requests: list[InferRequest]) -> list:
