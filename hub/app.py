@@ -22,7 +22,8 @@ from traitlets.config import Application
 
 from .catalogue import DEFAULT_CATALOGUE_YAML, CatalogueError, catalogue_from_dict, read_yaml
 
-PORT_NAMES = ("hub", "proxy_api", "fedhub_api", "mlflow", "mlflow_internal")
+PORT_NAMES = ("hub", "proxy_api", "fedhub_api", "mlflow", "mlflow_internal",
+              "inference", "inference_http", "inference_grpc")
 
 
 def free_port() -> int:
@@ -60,6 +61,10 @@ class FedhubUp(Application):
         "", config=True,
         help="Extra jupyterhub_config.py loaded last. Default: jupyterhub_config.py in the data dir, if present.")
     mlflow = Bool(True, config=True, help="Run MLflow as a hub service at /services/mlflow/.")
+    inference = Bool(
+        True, config=True,
+        help="Run the embedded Triton-protocol inference server as a hub service at "
+             "/services/inference/ (HTTP and gRPC also on loopback ports, see ports.json).")
     keep_servers = Bool(
         False, config=True,
         help="Leave single-user servers running when the hub stops, to reconnect on the next start.")
@@ -77,6 +82,7 @@ class FedhubUp(Application):
     }
     flags = {
         "no-mlflow": ({"FedhubUp": {"mlflow": False}}, "Do not run MLflow."),
+        "no-inference": ({"FedhubUp": {"inference": False}}, "Do not run the embedded inference server."),
         "keep-servers": ({"FedhubUp": {"keep_servers": True}}, "Keep sessions running across hub restarts."),
         "dry-run": ({"FedhubUp": {"dry_run": True}}, "Validate and print settings only."),
     }
@@ -125,7 +131,7 @@ class FedhubUp(Application):
         settings = {
             "ip": self.ip, "port": self.port, "data_dir": str(data), "catalogue_file": str(catalogue),
             "ports": ports, "shared_password": secret["shared_password"],
-            "admin_password": secret["admin_password"], "mlflow": self.mlflow,
+            "admin_password": secret["admin_password"], "mlflow": self.mlflow, "inference": self.inference,
             "keep_servers": self.keep_servers, "authenticator": self.authenticator,
             "admin_users": list(self.admin_users), "proxy_command": proxy,
             "extra_configs": [str(Path(p).resolve()) for p in extra], "start_timeout": self.start_timeout,

@@ -7,6 +7,7 @@ jupyterhub_config.py is loaded afterwards, so any traitlet can be overridden the
 
 from __future__ import annotations
 
+import json
 import os
 import sys
 from pathlib import Path
@@ -14,6 +15,9 @@ from pathlib import Path
 FEDHUB_SCOPES = {
     "custom:fedhub:sites:read": {"description": "See the federation's sites and their live free capacity."},
     "custom:fedhub:sessions:read": {"description": "See your own sessions and where they run."},
+    "custom:fedhub:deployments:read": {"description": "See your own model deployments, their status and endpoints."},
+    "custom:fedhub:deploy": {"description": "Deploy, undeploy and roll back your models; register edge devices."},
+    "custom:fedhub:edge:device": {"description": "An edge device: fetch its group's bundle and report its status."},
     "custom:fedhub:provenance:read": {"description": "See and verify your own provenance records."},
     "custom:fedhub:provenance:write": {"description": "Record your runs in the provenance ledger."},
 }
@@ -73,10 +77,14 @@ def configure(c, s: dict) -> None:
     user_scopes = ["self", *FEDHUB_SCOPES, "access:services!service=fedhub"]
     if s.get("mlflow", True):
         user_scopes.append("access:services!service=mlflow")
+    if s.get("inference", True):
+        user_scopes.append("access:services!service=inference")
     # the session's own JUPYTERHUB_API_TOKEN reaches fedhub's services too (fedhub CLI, mlflow)
     server_scopes = ["users:activity!user", "access:servers!server", *user_scopes[1:]]
     c.JupyterHub.load_roles = [{"name": "user", "scopes": user_scopes},
-                               {"name": "server", "scopes": server_scopes}]
+                               {"name": "server", "scopes": server_scopes},
+                               # the API service mints least-scope tokens for edge devices
+                               {"name": "fedhub-service", "services": ["fedhub"], "scopes": ["tokens"]}]
 
     python = sys.executable
     services = [{
@@ -100,4 +108,34 @@ def configure(c, s: dict) -> None:
         # the MLflow gate checks that a hub group exists before sharing an experiment with it
         c.JupyterHub.load_roles.append({"name": "fedhub-mlflow-gate", "services": ["mlflow"],
                                         "scopes": ["read:groups:name"]})
+    services[0]["environment"] = {"FEDHUB_DEPLOY_SETTINGS": json.dumps(deploy_settings(s))}
+    if s.get("inference", True):
+        services.append({
+            "name": "inference",
+            "url": f"http://127.0.0.1:{ports['inference']}",
+            "command": [python, "-m", "fedhub.hub.deploy.gate", "--port", str(ports["inference"]),
+                        "--http-port", str(ports["inference_http"]), "--grpc-port", str(ports["inference_grpc"]),
+                        "--model-repository", str(data / "models")],
+            "oauth_no_confirm": True,
+        })
     c.JupyterHub.services = services
+
+
+def deploy_settings(s: dict) -> dict:
+    """What the deployment manager (in the API service) needs to know about this hub."""
+    ports, data = s["ports"], Path(s["data_dir"])
+    public_ip = "127.0.0.1" if s["ip"] in ("", "0.0.0.0") else s["ip"]
+    public_url = s.get("public_url") or f"http://{public_ip}:{s['port']}"
+    inference = s.get("inference", True)
+    return {
+        "public_url": public_url,
+        "models_dir": str(data / "models"),
+        # an .onnx file in a user's own workspace may be deployed by path
+        "homes_dir": str(data / "homes"),
+        "inference": inference,
+        "inference_http": f"127.0.0.1:{ports['inference_http']}" if inference else "",
+        "inference_grpc": f"127.0.0.1:{ports['inference_grpc']}" if inference else "",
+        "inference_proxy": f"{public_url}/services/inference" if inference else "",
+        # the MLflow gate itself (not the proxy): callers' tokens are checked there
+        "mlflow_url": f"http://127.0.0.1:{ports['mlflow']}/services/mlflow" if s.get("mlflow", True) else "",
+    }

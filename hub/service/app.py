@@ -23,6 +23,8 @@ from tornado.log import app_log
 from .base import APIError, FedhubAPIHandler
 from .provenance import (ProvenanceChainHandler, ProvenanceHandler, ProvenanceRecordHandler,
                          ProvenanceVerifyHandler, SessionRecorder, ledger_of)
+from .deployments import ROUTES as DEPLOYMENT_ROUTES
+from .deployments import manager_of
 from .sessions import SessionsHandler
 from .sites import SiteHandler, SitesHandler
 from .store import SnapshotStore
@@ -52,6 +54,7 @@ ROUTES = [
     ("api/provenance/chain", ProvenanceChainHandler),
     ("api/provenance/verify", ProvenanceVerifyHandler),
     (r"api/provenance/(?P<ref>[0-9a-f]{8,64})", ProvenanceRecordHandler),
+    *DEPLOYMENT_ROUTES,
 ]
 
 
@@ -88,6 +91,7 @@ async def _serve(app: web.Application, ip: str, port: int) -> None:
     recorder = SessionRecorder(app.settings["fedhub_store"], ledger_of(app.settings), app_log)
     sessions_watch = PeriodicCallback(recorder.poll, 2000)
     sessions_watch.start()
+    reconcile = loop.create_task(manager_of(app.settings).reconcile())  # deployments after a restart
     await stop.wait()
     sessions_watch.stop()
 
