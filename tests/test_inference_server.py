@@ -216,6 +216,32 @@ def test_compressed_http_and_grpc_streaming(server, repo):
     np.testing.assert_array_equal(last[0].as_numpy("label"), pipeline.predict(X[:2]))
 
 
+def test_grpc_typed_contents_are_accepted(server, repo):
+    """Clients other than tritonclient may send typed `contents` instead of raw bytes."""
+    import grpc
+    from tritonclient.grpc import service_pb2, service_pb2_grpc
+    X = digits_sample(2, offset=50)
+    request = service_pb2.ModelInferRequest(model_name="digits")
+    tensor = request.inputs.add(name="X", datatype="FP32", shape=[2, 64])
+    tensor.contents.fp32_contents.extend(X.ravel().tolist())
+    request.outputs.add(name="label")
+    text = service_pb2.ModelInferRequest(model_name="text")
+    text.inputs.add(name="TEXT", datatype="BYTES", shape=[2]).contents.bytes_contents.extend([b"ab", b"c"])
+    with grpc.insecure_channel(server.grpc_url) as channel:
+        stub = service_pb2_grpc.GRPCInferenceServiceStub(channel)
+        reply = stub.ModelInfer(request)
+        assert [o.name for o in reply.outputs] == ["label"]
+        labels = np.frombuffer(reply.raw_output_contents[0], dtype=np.int64)
+        np.testing.assert_array_equal(labels, repo[1]["digits"].predict(X))
+        upper = stub.ModelInfer(text)
+        assert upper.raw_output_contents[0] == b"\x02\x00\x00\x00AB\x01\x00\x00\x00C"
+        short = service_pb2.ModelInferRequest(model_name="digits")
+        short.inputs.add(name="X", datatype="FP32", shape=[1, 64]).contents.fp32_contents.extend([1.0] * 3)
+        with pytest.raises(grpc.RpcError) as refused:
+            stub.ModelInfer(short)
+        assert refused.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+
+
 def test_torch_outputs_equal_the_modules_forward(server, repo):
     import torch
     module = repo[1]["mlp"]
