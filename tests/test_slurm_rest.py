@@ -223,7 +223,10 @@ def hub(module_hub_factory, cluster, jwt_file):
                                   "poll_interval": 1, "start_timeout": 90}}],
            "defaults": {"cpus": 1, "memory": "512M"}}
     assert "SLURM_CONF" not in os.environ  # the hub knows the cluster by its REST URL only
-    return module_hub_factory(json.dumps(doc), args=["--no-mlflow", "--keep-servers"]).start()
+    h = module_hub_factory(json.dumps(doc), args=["--no-mlflow", "--keep-servers"])
+    with open(h.data_dir / "jupyterhub_config.py", "a") as f:
+        f.write("\nc.Spawner.poll_interval = 1\n")  # the hub polls sessions often: none may die of a REST outage
+    return h.start()
 
 
 @pytest.mark.hub
@@ -270,6 +273,13 @@ def test_session_is_a_job_submitted_over_rest_pending_reason_gpu_proxy_and_stop(
     assert hub.wait_ready("rita", timeout=60)["state"]["fedhub"]["child"]["job_id"] == job_id
     r = requests.get(f"{hub.url}/user/rita/api/status", headers={"Authorization": f"token {token}"})
     assert r.status_code == 200, r.text
+    # slurmrestd away for a few of the hub's polls of the session: the session and its job stay
+    cluster.stop_rest()
+    try:
+        time.sleep(4)
+        assert hub.server("rita")["ready"] and f"{job_id} RUNNING" in cluster.jobs()
+    finally:
+        cluster.start_rest()
     hub.stop_server("rita")
     wait_for(lambda: not cluster.jobs(), what="job gone after stop")
 
