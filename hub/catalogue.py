@@ -81,6 +81,7 @@ class Site:
     max_sessions: int | None = None
     datasets: tuple[str, ...] = ()
     options: dict = field(default_factory=dict, hash=False, compare=False)
+    federated: bool = True  # may federated (Flower) jobs run a SuperNode here?
 
     @property
     def gpu_types(self) -> tuple[str, ...]:
@@ -196,7 +197,7 @@ def catalogue_from_dict(doc: Any, source: str = "<catalogue>") -> Catalogue:
     for i, raw in enumerate(raw_sites):
         p = f"sites[{i}]"
         r.mapping(raw, p, {"name", "kind", "cpus", "memory", "gpus", "description",
-                           "max_sessions", "datasets", "options"}, {"name", "kind"})
+                           "max_sessions", "datasets", "options", "federated"}, {"name", "kind"})
         name = r.name(raw["name"], f"{p}.name")
         if name in seen:
             r.fail(f"{p}.name", "a site name not used by an earlier site", name)
@@ -234,6 +235,9 @@ def catalogue_from_dict(doc: Any, source: str = "<catalogue>") -> Catalogue:
         options = raw.get("options") or {}
         if not isinstance(options, dict):
             r.fail(f"{p}.options", "a mapping of backend options", options)
+        federated = raw.get("federated", True)
+        if not isinstance(federated, bool):
+            r.fail(f"{p}.federated", "true or false (may federated jobs use this site?)", federated)
         sites.append(Site(
             name=name, kind=kind,
             cpus=r.positive_number(raw["cpus"], f"{p}.cpus") if "cpus" in raw else 0.0,
@@ -241,6 +245,7 @@ def catalogue_from_dict(doc: Any, source: str = "<catalogue>") -> Catalogue:
             gpus=tuple(gpus),
             description=r.string(raw.get("description", ""), f"{p}.description"),
             max_sessions=max_sessions, datasets=tuple(datasets), options=dict(options),
+            federated=federated,
         ))
 
     defaults = SessionDefaults()

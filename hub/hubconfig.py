@@ -20,6 +20,8 @@ FEDHUB_SCOPES = {
     "custom:fedhub:edge:device": {"description": "An edge device: fetch its group's bundle and report its status."},
     "custom:fedhub:provenance:read": {"description": "See and verify your own provenance records."},
     "custom:fedhub:provenance:write": {"description": "Record your runs in the provenance ledger."},
+    "custom:fedhub:jobs:read": {"description": "See your own federated jobs, their rounds, metrics and logs."},
+    "custom:fedhub:federate": {"description": "Launch and cancel federated (Flower) jobs on the sites you may use."},
 }
 
 
@@ -118,6 +120,7 @@ def configure(c, s: dict) -> None:
                         "--model-repository", str(data / "models")],
             "oauth_no_confirm": True,
         })
+    services[0].setdefault("environment", {})["FEDHUB_FEDERATION_SETTINGS"] = json.dumps(federation_settings(s))
     c.JupyterHub.services = services
 
 
@@ -138,4 +141,14 @@ def deploy_settings(s: dict) -> dict:
         "inference_proxy": f"{public_url}/services/inference" if inference else "",
         # the MLflow gate itself (not the proxy): callers' tokens are checked there
         "mlflow_url": f"http://127.0.0.1:{ports['mlflow']}/services/mlflow" if s.get("mlflow", True) else "",
+    }
+
+
+def federation_settings(s: dict) -> dict:
+    """FederatedJobs settings of the API service (fedhub.hub.federation.manager)."""
+    data = Path(s["data_dir"])
+    return {
+        "catalogue_file": str(s["catalogue_file"]),
+        "homes_dir": str(data / "homes"),  # the home template of local and Slurm sessions
+        "mlflow_url": f"http://127.0.0.1:{s['ports']['mlflow']}/services/mlflow" if s.get("mlflow", True) else "",
     }

@@ -25,6 +25,8 @@ from .provenance import (ProvenanceChainHandler, ProvenanceHandler, ProvenanceRe
                          ProvenanceVerifyHandler, SessionRecorder, ledger_of)
 from .deployments import ROUTES as DEPLOYMENT_ROUTES
 from .deployments import manager_of
+from .jobs import ROUTES as JOB_ROUTES
+from .jobs import federation_of
 from .sessions import SessionsHandler
 from .sites import SiteHandler, SitesHandler
 from .store import SnapshotStore
@@ -54,6 +56,7 @@ ROUTES = [
     ("api/provenance/chain", ProvenanceChainHandler),
     ("api/provenance/verify", ProvenanceVerifyHandler),
     (r"api/provenance/(?P<ref>[0-9a-f]{8,64})", ProvenanceRecordHandler),
+    *JOB_ROUTES,
     *DEPLOYMENT_ROUTES,
 ]
 
@@ -92,8 +95,10 @@ async def _serve(app: web.Application, ip: str, port: int) -> None:
     sessions_watch = PeriodicCallback(recorder.poll, 2000)
     sessions_watch.start()
     reconcile = loop.create_task(manager_of(app.settings).reconcile())  # deployments after a restart
+    recover = loop.create_task(federation_of(app.settings).recover())  # jobs a previous process left
     await stop.wait()
     sessions_watch.stop()
+    await federation_of(app.settings).shutdown()  # stop every job's SuperLink and SuperNodes
 
 
 if __name__ == "__main__":
