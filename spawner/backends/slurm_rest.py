@@ -23,6 +23,7 @@ import json
 import os
 import re
 import time
+from pathlib import Path
 from urllib.parse import urlparse
 
 from batchspawner.batchspawner import JobStatus
@@ -173,7 +174,8 @@ class SlurmRestClient:
         """Read at every request, so replacing the file (or env) rotates the token."""
         where = f"jwt_file {self.jwt_file}" if self.jwt_file else f"jwt_env {self.jwt_env}"
         try:
-            token = clean_token(open(self.jwt_file).read() if self.jwt_file else os.environ.get(self.jwt_env, ""))
+            raw = Path(self.jwt_file).read_text() if self.jwt_file else os.environ.get(self.jwt_env, "")
+            token = clean_token(raw)
         except OSError as e:
             raise SlurmRestAuthError(f"cannot read the slurmrestd token from {where}: {e.strerror}")
         if not token:
