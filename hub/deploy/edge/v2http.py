@@ -106,7 +106,9 @@ class V2Server:
         return self
 
     def stop(self) -> None:
-        self.httpd.shutdown()
+        if self._thread is not None:  # shutdown() waits for serve_forever: only if it runs
+            self.httpd.shutdown()
+            self._thread = None
         self.httpd.server_close()
 
 
