@@ -19,8 +19,10 @@ concurrency 1 and 8, a bounded number of requests per thread after a warm-up.
     .venv/bin/python benchmarks/p4_inference.py [--requests 400] [--rounds 3] [--rows 1] [--delay-us 0]
         [--skip-mlserver]
 
-Prints throughput (requests/s), p50 and p99 latency (ms), and the ratios to MLServer and to
-in-process. Goal: embedded >= 2x MLServer and >= 0.5x in-process.
+Prints throughput (requests/s), p50 and p99 latency (ms), the ratios to MLServer and to
+in-process, rows per execution (dynamic batching at work) and the server's CPU time per
+request (its process and children, warm-up included): the figure least disturbed when other
+work shares the machine. Goal: embedded >= 2x MLServer and >= 0.5x in-process.
 """
 
 from __future__ import annotations
@@ -187,7 +189,24 @@ def in_process_caller(session):
     return lambda x: session.run(names, {"X": x})[1]
 
 
-def run_load(make, rows, concurrency: int, per_thread: int, warmup: int = 20):
+WARMUP = 20
+
+
+def cpu_seconds(proc) -> float:
+    """CPU time of a server process and its children (user + system)."""
+    import psutil
+    total = 0.0
+    parent = psutil.Process(proc.pid)
+    for process in [parent, *parent.children(recursive=True)]:
+        try:
+            times = process.cpu_times()
+            total += times.user + times.system
+        except psutil.NoSuchProcess:
+            pass
+    return total
+
+
+def run_load(make, rows, concurrency: int, per_thread: int, warmup: int = WARMUP):
     latencies, errors = [], []
     lock = threading.Lock()
     barrier = threading.Barrier(concurrency + 1)
@@ -238,6 +257,10 @@ def mean_batch(http_url: str) -> float:
     return rows / max(1, runs)
 
 
+def _fmt(value, spec: str) -> str:
+    return "" if value is None else format(value, spec)
+
+
 def median_result(runs: list[dict]) -> dict:
     good = [r for r in runs if "error" not in r]
     if not good:
@@ -271,11 +294,13 @@ def main():
         proc, http_url, grpc_url = start_embedded(repo)
         procs.append(proc)
         targets["embedded"] = (http_url, grpc_url, True)
+        server_procs = {"embedded": proc}
         if not args.skip_mlserver:
             ensure_mlserver_venv()
             proc, http_url, grpc_url = start_mlserver(ml_folder)
             procs.append(proc)
             targets["mlserver"] = (http_url, grpc_url, False)
+            server_procs["mlserver"] = proc
         # same answers everywhere before timing anything
         want = session.run(None, {"X": rows[0]})[1]
         for name, (http_url, grpc_url, binary) in targets.items():
@@ -289,6 +314,7 @@ def main():
             for concurrency in (1, 8):
                 per_thread = max(20, args.requests // concurrency)
                 cells = [(("in-process", "-", concurrency), lambda: in_process_caller(session), None)]
+                calls = concurrency * (per_thread + WARMUP)
                 for name, (http_url, grpc_url, binary) in targets.items():
                     for kind, url in (("http", http_url), ("grpc", grpc_url)):
                         cells.append(((name, kind, concurrency),
@@ -297,7 +323,11 @@ def main():
                 for key, make, stats_url in cells:
                     if stats_url:
                         mean_batch(stats_url)
+                    server = server_procs.get(key[0])
+                    cpu_before = cpu_seconds(server) if server else 0.0
                     result = run_load(make, rows, concurrency, per_thread)
+                    if server and "error" not in result:
+                        result["cpu_us"] = (cpu_seconds(server) - cpu_before) / calls * 1e6
                     if stats_url and "error" not in result:
                         result["batch"] = mean_batch(stats_url)
                     samples.setdefault(key, []).append(result)
@@ -311,7 +341,7 @@ def main():
           f"(queue delay {args.delay_us} µs); {os.cpu_count()} cores, client and server on one machine; "
           f"medians of {args.rounds} rounds\n")
     print(f"{'target':<12}{'protocol':<10}{'conc':>5}{'req/s':>10}{'p50 ms':>9}{'p99 ms':>9}"
-          f"{'x MLServer':>12}{'x in-proc':>11}{'rows/exec':>11}")
+          f"{'x MLServer':>12}{'x in-proc':>11}{'rows/exec':>11}{'srv CPU us/req':>16}")
     for (name, kind, concurrency), r in results.items():
         if "error" in r:
             print(f"{name:<12}{kind:<10}{concurrency:>5}  ERROR {r['error']}")
@@ -321,7 +351,7 @@ def main():
         vs_ml = f"{r['rps'] / ml['rps']:.2f}" if name == "embedded" and "rps" in ml else ""
         vs_in = f"{r['rps'] / inproc['rps']:.3f}" if name != "in-process" else ""
         print(f"{name:<12}{kind:<10}{concurrency:>5}{r['rps']:>10.0f}{r['p50']:>9.3f}{r['p99']:>9.3f}"
-              f"{vs_ml:>12}{vs_in:>11}{r.get('batch', ''):>11.4}")
+              f"{vs_ml:>12}{vs_in:>11}{_fmt(r.get('batch'), '.2f'):>11}{_fmt(r.get('cpu_us'), '.0f'):>16}")
 
 
 if __name__ == "__main__":
