@@ -36,13 +36,10 @@ This module imports only the standard library at import time (mlflow on first us
 from __future__ import annotations
 
 import atexit
-import hashlib
 import json
+import logging
 import os
-import platform
-import random
 import shutil
-import socket
 import subprocess
 import sys
 import tempfile
@@ -51,10 +48,14 @@ import time
 import warnings
 from pathlib import Path
 
+from .capture_env import (NOTEBOOK_ENV, _normalize, _relative, conda_environment, find_entrypoint,  # noqa: F401
+                          freeze, git_state, hardware, set_seeds, sha256_file)
+
 CAPTURE_TAG = "fedhub.capture"
+MODE_TAG = "fedhub.capture.mode"  # "track" (fedhub.track()) or "auto" (automatic capture)
+AUTO_TAG = "fedhub.capture.auto"  # set at run creation by automatic capture: finds the run again
 ARTIFACT_DIR = "fedhub"
 REPRODUCING_ENV = "FEDHUB_REPRODUCING"
-NOTEBOOK_ENV = "FEDHUB_NOTEBOOK"
 # Variables that change numerical results (thread counts of BLAS/OpenMP reductions, hash
 # seeds, deterministic GPU kernels): recorded as they were, set again by `fedhub reproduce`.
 NUMERIC_ENV = ("PYTHONHASHSEED", "OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS",
@@ -65,302 +66,20 @@ STORE_INPUT_LIMIT = 64 * 1024 * 1024
 
 _pending: list["Capture"] = []
 _pending_lock = threading.Lock()
-
-
-# ---------------------------------------------------------------- what ran
-def _in_kernel() -> bool:
-    """True inside an IPython kernel (JupyterLab, VS Code, nbclient, papermill)."""
-    if "ipykernel" not in sys.modules:
-        return False
-    try:
-        from IPython import get_ipython
-    except ImportError:
-        return False
-    shell = get_ipython()
-    return shell is not None and getattr(shell, "kernel", None) is not None
-
-
-def _vscode_notebook() -> str | None:
-    try:
-        from IPython import get_ipython
-        shell = get_ipython()
-        return shell.user_ns.get("__vsc_ipynb_file__") if shell is not None else None
-    except Exception:
-        return None
-
-
-def _resolve_notebook(value: str | None) -> Path | None:
-    if not value or not value.endswith(".ipynb"):
-        return None
-    p = Path(value).expanduser()
-    if p.is_absolute():
-        return p if p.is_file() else None
-    # jupyter-server gives the path relative to its root; the kernel runs in the notebook's directory
-    for cand in (Path.cwd() / p, Path.cwd() / p.name):
-        if cand.is_file():
-            return cand.resolve()
-    return None
-
-
-def _python_mode() -> str | None:
-    """"-m" or "-c" if the interpreter ran a module or a command rather than a script file."""
-    args = getattr(sys, "orig_argv", [])[1:]
-    i = 0
-    while i < len(args):
-        a = args[i]
-        if a in ("-m", "-c") or (a.startswith(("-m", "-c")) and not a.startswith("--")):
-            return a[:2]
-        if a in ("-X", "-W", "-Q"):
-            i += 2
-            continue
-        if not a.startswith("-"):
-            return None
-        i += 1
-    return None
-
-
-def find_entrypoint(notebook: str | os.PathLike | None = None) -> tuple[str | None, Path | None]:
-    """("notebook" | "script" | None, path) of what is running.
-
-    Notebook: the explicit argument, else (inside a kernel) $FEDHUB_NOTEBOOK, VS Code's
-    `__vsc_ipynb_file__`, $JPY_SESSION_NAME (set by jupyter-server for a notebook's
-    kernel). Script: the explicit argument if it is a .py file, else sys.argv[0].
-    """
-    if notebook is not None:
-        p = Path(notebook).expanduser().resolve()
-        if not p.is_file():
-            raise FileNotFoundError(f"fedhub.track: no such notebook or script {str(notebook)!r}")
-        return ("notebook" if p.suffix == ".ipynb" else "script"), p
-    if _in_kernel():
-        for value in (os.environ.get(NOTEBOOK_ENV), _vscode_notebook(), os.environ.get("JPY_SESSION_NAME")):
-            p = _resolve_notebook(value)
-            if p is not None:
-                return "notebook", p
-        return None, None
-    argv0 = sys.argv[0] if sys.argv else ""
-    if _python_mode() in ("-m", "-c"):
-        return None, None  # `python -m tool` / `python -c`: no script of the user's to re-run
-    if argv0.endswith(".py") and os.path.isfile(argv0):
-        return "script", Path(argv0).resolve()
-    return None, None
-
-
-# ---------------------------------------------------------------- environment
-def _normalize(name: str) -> str:
-    return name.lower().replace("_", "-").replace(".", "-")
-
-
-def _direct_url_line(dist_dir: str, name: str, version: str) -> str | None:
-    path = os.path.join(dist_dir, "direct_url.json")
-    if not os.path.exists(path):
-        return None
-    try:
-        with open(path) as f:
-            d = json.load(f)
-    except (OSError, ValueError):
-        return None
-    url = d.get("url", "")
-    if d.get("dir_info", {}).get("editable"):
-        return f"# Editable install ({name}=={version})\n-e {url}"
-    vcs = d.get("vcs_info")
-    if vcs:
-        return f"{name} @ {vcs.get('vcs', 'git')}+{url}@{vcs.get('commit_id', '')}"
-    if url.startswith("file:") and "dir_info" in d:
-        return f"{name} @ {url}"
-    if "archive_info" in d:
-        return f"{name} @ {url}"
-    return None
-
-
-def freeze(paths: list[str] | None = None) -> list[str]:
-    """The installed distributions as `pip freeze` lines (name==version, `-e` and `@ url` forms).
-
-    Reads distribution names and versions from the `*.dist-info` directory names on
-    sys.path (first one wins, as for imports); only `*.egg-info` and direct-URL installs
-    read a file. ~1 ms instead of ~200 ms (importlib.metadata) or ~500 ms (pip freeze).
-    """
-    seen: dict[str, str] = {}
-    for entry in (sys.path if paths is None else paths):
-        entry = entry or os.getcwd()
-        try:
-            names = os.listdir(entry)
-        except OSError:
-            continue
-        for n in names:
-            if n.endswith(".dist-info"):
-                name, sep, version = n[:-10].partition("-")
-                if not sep:
-                    continue
-                key = _normalize(name)
-                if key in seen:
-                    continue
-                seen[key] = _direct_url_line(os.path.join(entry, n), name, version) or f"{name}=={version}"
-            elif n.endswith(".egg-info"):
-                try:
-                    from importlib.metadata import PathDistribution
-                    dist = PathDistribution(Path(entry) / n)
-                    name, version = dist.metadata["Name"], dist.version
-                except Exception:
-                    continue
-                if name and _normalize(name) not in seen:
-                    seen[_normalize(name)] = f"{name}=={version}"
-    return [seen[k] for k in sorted(seen)]
-
-
-def conda_environment(prefix: str | None = None) -> str | None:
-    """`conda env export`'s YAML for the active conda env, read from conda-meta (no conda call).
-
-    Package records are named `<name>-<version>-<build>.json`; reading the names is
-    what keeps this cheap (the records themselves list every file of a package).
-    """
-    prefix = prefix or os.environ.get("CONDA_PREFIX")
-    if not prefix:
-        return None
-    meta = Path(prefix) / "conda-meta"
-    if not meta.is_dir():
-        return None
-    deps = []
-    for f in sorted(meta.glob("*.json")):
-        parts = f.stem.rsplit("-", 2)
-        if len(parts) == 3:
-            deps.append("=".join(parts))
-    name = os.environ.get("CONDA_DEFAULT_ENV") or Path(prefix).name
-    lines = [f"name: {name}", "dependencies:"] + [f"  - {d}" for d in deps] + [f"prefix: {prefix}", ""]
-    return "\n".join(lines)
-
-
-def _git(cwd: Path, *args: str) -> subprocess.CompletedProcess:
-    return subprocess.run(["git", "-C", str(cwd), *args], capture_output=True, text=True, timeout=30)
-
-
-def git_state(where: Path) -> dict | None:
-    """{commit, branch, toplevel, remote, dirty, untracked, diff} of the git work tree holding `where`."""
-    if shutil.which("git") is None:
-        return None
-    try:
-        top = _git(where, "rev-parse", "--show-toplevel")
-        if top.returncode != 0:
-            return None
-        state = {"toplevel": top.stdout.strip(), "commit": None, "branch": None, "remote": None}
-        head = _git(where, "rev-parse", "HEAD", "--abbrev-ref", "HEAD")
-        if head.returncode == 0:
-            state["commit"], state["branch"] = head.stdout.split()[:2]
-        remote = _git(where, "config", "--get", "remote.origin.url")
-        state["remote"] = remote.stdout.strip() or None
-        status = _git(where, "status", "--porcelain=v1", "-z", "--untracked-files=all")
-        entries = [e for e in status.stdout.split("\0") if e]
-        state["untracked"] = [e[3:] for e in entries if e.startswith("??")]
-        diff = _git(where, "diff", "HEAD") if state["commit"] else _git(where, "diff", "--cached")
-        state["diff"] = diff.stdout
-        state["dirty"] = bool(diff.stdout.strip())
-        return state
-    except (OSError, subprocess.SubprocessError):
-        return None
-
-
-def _relative(path: Path, base: Path) -> str | None:
-    try:
-        return Path(path).resolve().relative_to(Path(base).resolve()).as_posix()
-    except ValueError:
-        return None
-
-
-def _gpu_count() -> str:
-    if os.environ.get("FEDHUB_GPUS"):
-        return os.environ["FEDHUB_GPUS"]
-    cvd = os.environ.get("CUDA_VISIBLE_DEVICES", "").strip()
-    if not cvd or cvd in ("-1", "NoDevFiles"):
-        return "0"
-    return str(len([d for d in cvd.split(",") if d.strip()]))
-
-
-def _memory_bytes() -> int | None:
-    try:
-        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
-    except (ValueError, OSError, AttributeError):
-        return None
-
-
-def hardware() -> dict:
-    """Where this runs: fedhub's placement (env set by the spawner) and the machine."""
-    try:
-        usable = len(os.sched_getaffinity(0))
-    except AttributeError:
-        usable = os.cpu_count()
-    info = {
-        "site": os.environ.get("FEDHUB_SITE") or "unknown",
-        "site_kind": os.environ.get("FEDHUB_SITE_KIND"),
-        "node": os.environ.get("FEDHUB_NODE"),
-        "session_type": os.environ.get("FEDHUB_SESSION_TYPE"),
-        "gpu_type": os.environ.get("FEDHUB_GPU_TYPE", ""),
-        "gpus": _gpu_count(),
-        "cuda_visible_devices": os.environ.get("CUDA_VISIBLE_DEVICES"),
-        "host": socket.gethostname(),
-        "cpu_count": os.cpu_count(),
-        "cpus_usable": usable,
-        "memory_bytes": _memory_bytes(),
-        "platform": platform.platform(),
-        "machine": platform.machine(),
-        "python": platform.python_version(),
-        "python_implementation": platform.python_implementation(),
-        "executable": sys.executable,
-        "image": os.environ.get("JUPYTER_IMAGE_SPEC") or os.environ.get("JUPYTER_IMAGE"),
-    }
-    smi = shutil.which("nvidia-smi")
-    if smi and info["gpus"] != "0":
-        try:
-            out = subprocess.run([smi, "--query-gpu=name,memory.total,driver_version", "--format=csv,noheader"],
-                                 capture_output=True, text=True, timeout=10)
-            info["nvidia_smi"] = [line.strip() for line in out.stdout.splitlines() if line.strip()]
-        except (OSError, subprocess.SubprocessError):
-            pass
-    return info
-
-
-def set_seeds(seed: int) -> list[str]:
-    """Seed Python's `random`, numpy's global generator, and torch / tensorflow if already imported."""
-    seeded = []
-    random.seed(seed)
-    seeded.append("random")
-    os.environ["PYTHONHASHSEED"] = str(seed)  # for subprocesses this run starts
-    try:
-        import numpy
-        numpy.random.seed(seed % 2**32)
-        seeded.append("numpy")
-    except ImportError:
-        pass
-    torch = sys.modules.get("torch")
-    if torch is not None:
-        try:
-            torch.manual_seed(seed)
-            seeded.append("torch")
-        except Exception:
-            pass
-    tf = sys.modules.get("tensorflow")
-    if tf is not None:
-        try:
-            tf.random.set_seed(seed)
-            seeded.append("tensorflow")
-        except Exception:
-            pass
-    return seeded
-
-
-def sha256_file(path: str | os.PathLike, bufsize: int = 1 << 20) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        while chunk := f.read(bufsize):
-            h.update(chunk)
-    return h.hexdigest()
+_log = logging.getLogger("fedhub.capture")
 
 
 # ---------------------------------------------------------------- the capture
 class Capture:
     """The capture of one run; also a context manager (see `track`)."""
 
-    def __init__(self, run_id: str, started_run: bool):
+    def __init__(self, run_id: str | None, started_run: bool, mode: str = "track"):
         self.run_id = run_id
         self.started_run = started_run
+        self.mode = mode
+        self.nonce: str | None = None  # automatic capture: the AUTO_TAG value of its run
+        self._superseded = False  # an explicit track() of the same run took over
+        self._lock = threading.Lock()
         self.tags: dict[str, str] = {}
         self.artifacts: list[str] = []
         self.errors: list[str] = []
@@ -406,7 +125,32 @@ class Capture:
     def _problem(self, what: str, e: BaseException) -> None:
         msg = f"{what}: {type(e).__name__}: {e}"
         self.errors.append(msg)
-        warnings.warn(f"fedhub.track: {msg}", RuntimeWarning, stacklevel=3)
+        if self.mode == "auto":  # nobody asked for it: a log line, not a warning in their cell
+            _log.warning("fedhub automatic capture of run %s: %s", self.run_id, msg)
+        else:
+            warnings.warn(f"fedhub.track: {msg}", RuntimeWarning, stacklevel=3)
+
+    def supersede(self) -> None:
+        """Stop this (automatic) capture from writing anything more: track() takes over."""
+        with self._lock:  # waits for a tag write in flight, so track()'s tags land after it
+            self._superseded = True
+
+
+def _supersede_auto(run_id: str, run_tags: dict) -> "Capture | None":
+    """The automatic capture of this run, if one is still going; it stops writing."""
+    with _pending_lock:
+        found = [c for c in _pending if c.mode == "auto" and not c.done and (
+            c.run_id == run_id or (c.nonce is not None and c.nonce == run_tags.get(AUTO_TAG)))]
+    for c in found:
+        c.supersede()
+    return found[0] if found else None
+
+
+def register(cap: "Capture") -> None:
+    """Keep the capture until it is done: the interpreter waits for it at exit."""
+    with _pending_lock:
+        _pending[:] = [c for c in _pending if not c.done]
+        _pending.append(cap)
 
 
 def _run_id_of(run) -> str:
@@ -445,24 +189,26 @@ def track(run=None, *, inputs=(), seed: int | None = None, notebook: str | os.Pa
         if active is None:
             active = mlflow.start_run()
             started = True
-        run_id = active.info.run_id
+        run_id, run_tags = active.info.run_id, active.data.tags
     else:
-        run_id = _run_id_of(run)
+        run_id, run_tags = _run_id_of(run), getattr(getattr(run, "data", None), "tags", {}) or {}
+    prior = _supersede_auto(run_id, run_tags)  # this call's inputs and seed win over the automatic capture
     try:
         return _capture(MlflowClient(), Capture(run_id, started), t0, kind, path, inputs, seed,
-                        store_inputs, background)
+                        store_inputs, background, prior)
     except BaseException:
         if started:  # do not leave behind a run this call started
             mlflow.end_run("FAILED")
         raise
 
 
-def _capture(client, cap: Capture, t0: float, kind, path, inputs, seed, store_inputs, background) -> Capture:
+def _capture(client, cap: Capture, t0: float, kind, path, inputs, seed, store_inputs, background,
+             prior: Capture | None = None) -> Capture:
     from mlflow.entities import RunTag
 
     run_id = cap.run_id
     staging = Path(tempfile.mkdtemp(prefix="fedhub-capture-"))
-    tags: dict[str, str] = {CAPTURE_TAG: "1"}
+    tags: dict[str, str] = {CAPTURE_TAG: "1", MODE_TAG: cap.mode}
 
     # what ran
     if path is not None:
@@ -533,11 +279,16 @@ def _capture(client, cap: Capture, t0: float, kind, path, inputs, seed, store_in
                 "cwd": cwd, "entrypoint": str(path) if path else None, "entrypoint_kind": kind}
     (staging / "environment.json").write_text(json.dumps(env_info, indent=1))
 
-    try:
-        client.log_batch(run_id, tags=[RunTag(k, v) for k, v in tags.items()])
-    except Exception:
-        shutil.rmtree(staging, ignore_errors=True)
-        raise
+    with cap._lock:
+        if cap._superseded:
+            shutil.rmtree(staging, ignore_errors=True)
+            cap._done.set()
+            return cap
+        try:
+            client.log_batch(run_id, tags=[RunTag(k, v) for k, v in tags.items()])
+        except Exception:
+            shutil.rmtree(staging, ignore_errors=True)
+            raise
     cap.tags = tags
 
     # nbconvert in its own process, started now so it overlaps with the hashing and upload
@@ -557,22 +308,24 @@ def _capture(client, cap: Capture, t0: float, kind, path, inputs, seed, store_in
 
     def finish():
         try:
+            if prior is not None:
+                prior.wait()  # its uploads first: ours must be the last word on the same files
             _finish(client, cap, staging, proc, input_list, store_inputs)
         finally:
             shutil.rmtree(staging, ignore_errors=True)  # before done: exit may not wait any longer
             cap.seconds_total = time.perf_counter() - t0
             cap._done.set()
 
-    cap.seconds_sync = time.perf_counter() - t0
+    if cap.mode != "auto":  # automatic capture does all of this in its own thread
+        cap.seconds_sync = time.perf_counter() - t0
     if background:
         cap._thread = threading.Thread(target=finish, name=f"fedhub-capture-{run_id[:8]}", daemon=True)
-        with _pending_lock:
-            _pending[:] = [c for c in _pending if not c.done]
-            _pending.append(cap)
+        register(cap)
         cap._thread.start()
     else:
         finish()
-        cap.seconds_sync = time.perf_counter() - t0
+        if cap.mode != "auto":
+            cap.seconds_sync = time.perf_counter() - t0
     return cap
 
 
@@ -597,6 +350,10 @@ def _finish(client, cap: Capture, staging: Path, proc, inputs: list[tuple[str, P
     (staging / "inputs.json").write_text(json.dumps({"inputs": records}, indent=1))
 
     files = [f for f in staging.iterdir() if f.name != "converted"]
+    if cap._superseded:
+        if proc is not None:
+            proc.kill()
+        return
     try:
         for f in files:
             if f.is_dir():
@@ -611,6 +368,8 @@ def _finish(client, cap: Capture, staging: Path, proc, inputs: list[tuple[str, P
         return
     try:
         _, err = proc.communicate(timeout=300)
+        if cap._superseded:
+            return
         if proc.returncode != 0:
             raise RuntimeError(err.decode(errors="replace").strip().splitlines()[-1:] or proc.returncode)
         for f in sorted((staging / "converted").iterdir()):

@@ -48,6 +48,8 @@ class Reproductions:
 def load(serverapp) -> None:
     ctx = session_context()
     configure_tracking_env(ctx)
+    from .capture_settings import configure_auto_capture
+    auto_capture = configure_auto_capture(serverapp)  # kernels inherit $FEDHUB_AUTO_CAPTURE
     web_app = serverapp.web_app
     base = url_path_join(web_app.settings["base_url"], "fedhub", "api")
     from .deploy_handlers import ROUTES as DEPLOY_ROUTES
@@ -60,4 +62,5 @@ def load(serverapp) -> None:
         fedhub_reproductions=Reproductions(),
     )
     web_app.add_handlers(".*$", handlers)
-    serverapp.log.info("fedhub: session API at %s (%s mode, tracking at %s)", base, ctx.mode, ctx.tracking_uri)
+    serverapp.log.info("fedhub: session API at %s (%s mode, tracking at %s, automatic capture %s)", base,
+                       ctx.mode, ctx.tracking_uri, "on" if auto_capture else "off")

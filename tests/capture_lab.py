@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import nbformat
+from jupyter_client.manager import KernelManager
 from nbclient import NotebookClient
 
 DETERMINISTIC = [
@@ -69,8 +70,15 @@ def notebook(cells) -> nbformat.NotebookNode:
 
 def execute(path: Path, env: dict | None = None, timeout: int = 120) -> nbformat.NotebookNode:
     nb = nbformat.read(path, as_version=4)
-    NotebookClient(nb, timeout=timeout, kernel_name="python3",
-                   resources={"metadata": {"path": str(path.parent)}}).execute(env={**os.environ, **(env or {})})
+    # a graceful shutdown that waits for the kernel's exit, where capture finishes its upload
+    # (jupyter_client kills a kernel after 5 s by default: too short for nbconvert on a busy machine)
+    km = KernelManager(kernel_name="python3", shutdown_wait_time=120)
+    try:
+        NotebookClient(nb, km=km, timeout=timeout, kernel_name="python3",
+                       resources={"metadata": {"path": str(path.parent)}}).execute(env={**os.environ, **(env or {})})
+    finally:
+        if km.has_kernel:
+            km.shutdown_kernel()  # graceful: returns once the kernel exited (or 120 s passed)
     return nb
 
 

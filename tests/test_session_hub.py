@@ -1,11 +1,16 @@
 """Inside a real session spawned by the real hub: MLflow needs no setup, and the session API
 works in hub mode (the session's own token reaches the hub's services)."""
 
+import re
+import subprocess
+import sys
 import time
 
+import nbformat
 import pytest
 import requests
 
+from conftest import fedhub_env
 from kernel_exec import execute
 
 pytestmark = pytest.mark.hub
@@ -59,3 +64,65 @@ def test_notebook_logs_to_mlflow_with_nothing_configured_and_panels_see_it(hub):
     assert r.status_code == 403, r.text
     r = requests.get(f"{hub.url}/user/nina/fedhub/api/runs/{run_id}", headers={"Authorization": f"token {other}"})
     assert r.status_code in (302, 403)  # omar cannot use nina's server at all
+
+
+AUTO_CELL = ("import mlflow\n"
+             "mlflow.set_experiment('auto-capture')\n"
+             "with mlflow.start_run() as run:\n"
+             "    mlflow.log_metric('acc', 0.75)\n"
+             "print(run.info.run_id)\n")
+
+
+RUN_ID = re.compile(r"\b[0-9a-f]{32}\b")
+
+
+def _session(hub, name: str) -> str:
+    token = hub.create_user(name)
+    if hub.server(name) is None:
+        assert hub.spawn(name).status_code in (201, 202)
+    hub.wait_ready(name)
+    return token
+
+
+def _mlflow(hub, token: str, path: str) -> dict:
+    r = requests.get(f"{hub.url}/services/mlflow/api/2.0/mlflow/{path}", headers={"Authorization": f"token {token}"})
+    assert r.status_code == 200, r.text
+    return r.json()
+
+
+def test_plain_start_run_in_a_notebook_is_captured_automatically_and_reproduces(hub):
+    token = _session(hub, "nina")
+    server = f"{hub.url}/user/nina/"
+    headers = {"Authorization": f"token {token}"}
+    nb = nbformat.v4.new_notebook()
+    nb.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3", "language": "python"}
+    nb.cells = [nbformat.v4.new_code_cell(AUTO_CELL)]
+    r = requests.put(f"{server}api/contents/auto.ipynb", headers=headers,
+                     json={"type": "notebook", "format": "json", "content": nb})
+    assert r.status_code in (200, 201), r.text
+    # the notebook's one cell, in the notebook's kernel; then (test harness, not the notebook)
+    # wait for the background upload before the kernel is shut down
+    result = execute(server, token, [AUTO_CELL, "from fedhub.server_ext.capture import wait_all; wait_all(120)"],
+                     path="auto.ipynb")
+    assert result["error"] is None, result["error"]
+    run_id = RUN_ID.findall(result["stdout"])[-1]
+    # switched off (FEDHUB_AUTO_CAPTURE=0, as the user or c.FedhubCapture.auto_capture=False sets it)
+    off = execute(server, token, "import os; os.environ['FEDHUB_AUTO_CAPTURE'] = '0'\n" + AUTO_CELL)
+    assert off["error"] is None, off["error"]
+
+    tags = {t["key"]: t["value"] for t in _mlflow(hub, token, f"runs/get?run_id={run_id}")["run"]["data"]["tags"]}
+    assert tags["fedhub.capture"] == "1" and tags["fedhub.capture.mode"] == "auto"
+    assert tags["fedhub.entrypoint.kind"] == "notebook" and tags["fedhub.notebook"].endswith("/homes/nina/auto.ipynb")
+    assert tags["fedhub.site"] == hub.session_env("nina")["FEDHUB_SITE"] and tags["fedhub.seed"] == "none"
+    files = {f["path"] for f in _mlflow(hub, token, f"artifacts/list?run_id={run_id}&path=fedhub")["files"]}
+    assert {"fedhub/notebook.ipynb", "fedhub/notebook.html", "fedhub/notebook.py", "fedhub/requirements.lock",
+            "fedhub/environment.json"} <= files, files
+    off_tags = _mlflow(hub, token, f"runs/get?run_id={RUN_ID.findall(off['stdout'])[-1]}")["run"]["data"]["tags"]
+    assert not [t["key"] for t in off_tags if t["key"].startswith("fedhub.")]
+    assert requests.get(f"{server}fedhub/api/runs/{run_id}", headers=headers).json()["reproducible"] is True
+
+    # `fedhub reproduce` re-executes the captured notebook and finds the same metric
+    out = subprocess.run([sys.executable, "-m", "fedhub.server_ext.cli", "--hub", hub.url, "--token", token,
+                          "reproduce", run_id], capture_output=True, text=True, timeout=300, env=fedhub_env())
+    assert out.returncode == 0, out.stdout + out.stderr
+    assert "acc" in out.stdout and "identical" in out.stdout

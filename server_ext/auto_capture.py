@@ -1,0 +1,120 @@
+"""Automatic capture: a run started with plain `mlflow.start_run()` (or by the first
+`mlflow.log_*`) in a fedhub session gets the capture `fedhub.server_ext.track()` records,
+without calling it.
+
+MLflow's own plugin mechanism: this is a `mlflow.run_context_provider` entry point. MLflow
+asks every provider for tags when the fluent API creates a run. Ours is in context when
+$FEDHUB_AUTO_CAPTURE is on (the session's server extension sets it for its kernels and
+terminals, unless `c.FedhubCapture.auto_capture = False`; a user's FEDHUB_AUTO_CAPTURE=0
+wins). Its `tags()` costs microseconds: it names what is running, returns one tag
+(`fedhub.capture.auto`, a nonce) and hands everything else to a background thread, which
+finds the run by that tag once MLflow has created it and runs capture.py's capture on it
+(git, package list, hardware, notebook + nbconvert at nice 19, upload). Nothing here can
+fail the user's run: every error is logged and dropped.
+
+An explicit `track(seed=..., inputs=...)` on the same run takes over from the automatic
+capture (its seed and inputs are what the run should record).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import sys
+import threading
+import time
+import uuid
+
+AUTO_CAPTURE_ENV = "FEDHUB_AUTO_CAPTURE"
+FIND_RUN_TIMEOUT = 60.0  # seconds for MLflow to create the run; past that it failed, we give up
+_log = logging.getLogger("fedhub.capture")
+
+try:  # the base class, when mlflow is importable (it is whenever mlflow loads this plugin)
+    from mlflow.tracking.context.abstract_context import RunContextProvider
+except ImportError:  # pragma: no cover - fedhub without mlflow
+    RunContextProvider = object
+
+
+def enabled(environ=None) -> bool:
+    env = os.environ if environ is None else environ
+    return env.get(AUTO_CAPTURE_ENV, "").strip().lower() in ("1", "true", "yes", "on")
+
+
+def _called_by_start_run(max_depth: int = 6) -> bool:
+    """MLflow also resolves context tags for logged models; we capture runs only."""
+    frame = sys._getframe(2)
+    for _ in range(max_depth):
+        if frame is None:
+            return False
+        if frame.f_code.co_name == "start_run" and frame.f_globals.get("__name__") == "mlflow.tracking.fluent":
+            return True
+        frame = frame.f_back
+    return False
+
+
+class FedhubRunContext(RunContextProvider):
+    """The `mlflow.run_context_provider` plugin (see the module docstring)."""
+
+    def in_context(self) -> bool:
+        return enabled()
+
+    def tags(self) -> dict:
+        try:
+            return start()
+        except Exception as e:  # never break the user's run
+            _log.warning("fedhub automatic capture did not start: %s: %s", type(e).__name__, e)
+            return {}
+
+
+def start() -> dict:
+    """Begin capturing the run MLflow is about to create; return the tags to create it with."""
+    if not _called_by_start_run():
+        return {}
+    t0 = time.perf_counter()
+    import mlflow
+    from mlflow.tracking import fluent
+
+    from . import capture
+
+    kind, path = capture.find_entrypoint()
+    cap = capture.Capture(None, started_run=False, mode="auto")
+    cap.nonce = uuid.uuid4().hex
+    # the caller thread's stack of active runs: start_run appends the new run to this very list
+    stack = fluent._active_run_stack.get()
+    tracking_uri = mlflow.get_tracking_uri()
+    capture.register(cap)
+    threading.Thread(target=_capture_when_created, name="fedhub-auto-capture", daemon=True,
+                     args=(cap, stack, tracking_uri, t0, kind, path)).start()
+    cap.seconds_sync = time.perf_counter() - t0
+    return {capture.AUTO_TAG: cap.nonce}
+
+
+def _find_run(stack: list, nonce: str, timeout: float) -> str | None:
+    from .capture import AUTO_TAG
+
+    deadline = time.monotonic() + timeout
+    delay = 0.005
+    while time.monotonic() < deadline:
+        for run in list(stack):
+            if run.data.tags.get(AUTO_TAG) == nonce:
+                return run.info.run_id
+        time.sleep(delay)
+        delay = min(delay * 2, 0.2)
+    return None
+
+
+def _capture_when_created(cap, stack: list, tracking_uri: str, t0: float, kind, path) -> None:
+    from mlflow.tracking import MlflowClient
+
+    from . import capture
+
+    try:
+        cap.run_id = _find_run(stack, cap.nonce, FIND_RUN_TIMEOUT)
+        if cap.run_id is None:  # MLflow failed to create it (the user sees that error)
+            return
+        capture._capture(MlflowClient(tracking_uri), cap, t0, kind, path, (), None, False, background=False)
+    except Exception as e:
+        cap._problem("capture", e)
+    finally:
+        cap.seconds_total = time.perf_counter() - t0
+        cap._done.set()
