@@ -20,6 +20,7 @@ import socket
 import subprocess
 import sys
 import time
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -52,7 +53,7 @@ class FlowerRun:
     status: str          # Flower's status string, e.g. "finished:completed"
     logs: str            # the ServerApp's log (`flwr log`)
     details: dict        # `flwr ls --run-id ... --format json` entry
-    wall_seconds: float  # submit -> finished, as seen by the caller
+    wall_seconds: float  # from wait() (or run(): submission) until seen finished
 
 
 class FlowerDeployment:
@@ -114,8 +115,6 @@ class FlowerDeployment:
         online = 0
         while time.monotonic() < deadline:
             self._check_alive()
-            online = sum("Starting Flower SuperNode" in self.log(f"supernode-{i}")
-                         or "Connected" in self.log(f"supernode-{i}") for i in range(count))
             nodes = self.cli(["supernode", "ls", "--format", "json"], check=False)
             try:
                 listed = json.loads(nodes.stdout).get("nodes", [])
@@ -124,7 +123,7 @@ class FlowerDeployment:
                 pass
             if online >= count:
                 return
-            time.sleep(0.5)
+            time.sleep(1.0)
         raise RuntimeError(f"{online}/{count} SuperNodes online after {timeout}s")
 
     def _check_alive(self) -> None:
@@ -179,29 +178,49 @@ class FlowerDeployment:
             raise RuntimeError(f"flwr run did not start a run: {out.stdout}")
         return int(reply["run-id"])
 
-    def details(self, run_id: int) -> dict:
-        out = self.cli(["ls", "--run-id", str(run_id), "--format", "json"])
-        return json.loads(out.stdout)["runs"][0]
+    def submit_many(self, jobs: dict[str, tuple[Path, dict]]) -> dict[str, int]:
+        """Submit several apps at once ({name: (app_dir, run_config)} -> {name: run id})."""
+        with ThreadPoolExecutor(max_workers=len(jobs) or 1) as pool:
+            futures = {name: pool.submit(self.submit, app, config) for name, (app, config) in jobs.items()}
+            return {name: future.result() for name, future in futures.items()}
 
-    def wait(self, run_id: int, timeout: float = 300, started: float | None = None) -> FlowerRun:
-        started = time.monotonic() if started is None else started
-        deadline = started + timeout
-        while True:
-            details = self.details(run_id)
-            if str(details.get("status", "")).startswith("finished"):
+    def details(self, run_id: int | None = None) -> dict:
+        """`flwr ls --format json` for one run ({run_id: entry} of all runs when None)."""
+        args = ["ls", "--format", "json"] + (["--run-id", str(run_id)] if run_id is not None else [])
+        runs = {int(r["run-id"]): r for r in json.loads(self.cli(args).stdout)["runs"]}
+        return runs[int(run_id)] if run_id is not None else runs
+
+    def wait_all(self, run_ids: list[int], timeout: float = 300, poll: float = 2.0) -> dict[int, FlowerRun]:
+        """Wait until every run has finished. Each `flwr` call is a Python start-up, so
+        one `flwr ls` covers all runs and polls are spaced out."""
+        started = time.monotonic()
+        finished: dict[int, FlowerRun] = {}
+        while len(finished) < len(run_ids):
+            runs = self.details()
+            for run_id in run_ids:
+                details = runs.get(int(run_id), {})
+                if run_id not in finished and str(details.get("status", "")).startswith("finished"):
+                    logs = self.cli(["log", str(run_id), "--show"], check=False, timeout=60)
+                    finished[run_id] = FlowerRun(run_id, details["status"], logs.stdout + logs.stderr,
+                                                 details, time.monotonic() - started)
+            if len(finished) == len(run_ids):
                 break
-            if time.monotonic() > deadline:
-                raise TimeoutError(f"run {run_id} not finished after {timeout}s: {details}")
+            if time.monotonic() - started > timeout:
+                raise TimeoutError(f"runs not finished after {timeout}s: "
+                                   f"{ {r: runs.get(int(r), {}).get('status') for r in run_ids} }")
             self._check_alive()
-            time.sleep(0.5)
-        wall = time.monotonic() - started
-        logs = self.cli(["log", str(run_id), "--show"], check=False, timeout=60)
-        return FlowerRun(run_id, details["status"], logs.stdout + logs.stderr, details, wall)
+            time.sleep(poll)
+        return finished
+
+    def wait(self, run_id: int, timeout: float = 300) -> FlowerRun:
+        return self.wait_all([run_id], timeout)[run_id]
 
     def run(self, app_dir: Path, run_config: dict | None = None, timeout: float = 300) -> FlowerRun:
+        """Submit and wait; wall_seconds then counts from the submission."""
         started = time.monotonic()
-        run_id = self.submit(app_dir, run_config)
-        return self.wait(run_id, timeout, started)
+        run = self.wait(self.submit(app_dir, run_config), timeout)
+        run.wall_seconds = time.monotonic() - started
+        return run
 
     def traffic(self, run_id: int) -> dict:
         """Flower's own count of the run's Fleet API bytes: inbound, outbound, total."""
