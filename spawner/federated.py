@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import os
 import time
 
@@ -20,9 +21,10 @@ from tornado.httpclient import AsyncHTTPClient, HTTPClientError
 from traitlets import Dict, Integer, List, Unicode, default, observe
 
 from fedhub.hub.catalogue import CatalogueError
+from fedhub.hub.policy import QuotaError, cached_policy, check_gpu_quota
 
 from .federation import Federation
-from .form import RequestError, form_to_options, parse_request, render_form
+from .form import PolicyRefusal, RequestError, form_to_options, parse_request, render_form
 from .inventory import Allocation
 from .placement import SessionRequest, rank_sites
 
@@ -41,6 +43,11 @@ class FederatedSpawner(Spawner):
     state_dir = Unicode(
         "", config=True,
         help="Folder where the hub writes the live inventory snapshot the fedhub API service reads.",
+    )
+    policy_file = Unicode(
+        "", config=True,
+        help="Governance policy YAML (group grants: sites, GPU types, GPU quotas, datasets; the dataset "
+             "catalogue; schema: docs/governance.md). Empty: no policy, every user may use everything.",
     )
     site_start_timeout = Integer(
         300, config=True,
@@ -101,6 +108,52 @@ class FederatedSpawner(Spawner):
             raise web.HTTPError(500, f"Site catalogue is invalid: {e}")
 
     @property
+    def policy(self):
+        """The governance policy (None without a policy file); re-read when the file changes."""
+        from fedhub.hub.policy import PolicyError
+        try:
+            return cached_policy(self.policy_file, self.federation.catalogue)
+        except PolicyError as e:
+            raise web.HTTPError(500, f"Governance policy is invalid: {e}")
+
+    @property
+    def user_groups(self) -> list[str]:
+        return sorted(g.name for g in getattr(self.user, "groups", []) or [])
+
+    def _charge_gpus(self, fed: Federation, req: SessionRequest) -> str:
+        """Refuse a request over a GPU quota (403 naming it); the group the GPUs count against."""
+        policy = self.policy
+        if policy is None or not req.gpus:
+            return ""
+        groups = self.user_groups
+        mine, per_group = 0, {}
+        for (user, _), (alloc, info) in fed.sessions.items():
+            if (user, _) == self._key:
+                continue
+            n = len(alloc.gpu_ids)
+            mine += n if user == self.user.name else 0
+            if info.get("charged_group"):
+                per_group[info["charged_group"]] = per_group.get(info["charged_group"], 0) + n
+        try:
+            return check_gpu_quota(policy, groups, req.gpus, req.gpu_type, mine, per_group)
+        except QuotaError as e:
+            raise web.HTTPError(403, f"Refused: {e}")
+
+    def dataset_environment(self, site: str, req: SessionRequest) -> dict:
+        """FEDHUB_DATASETS (JSON name -> path) and FEDHUB_DATASET_<NAME>: the datasets on `site`
+        this user may use interactively (those asked for, else all of them), nothing else."""
+        policy = self.policy
+        if policy is None:
+            return {}
+        usable = {d.name: d for d in policy.usable_datasets(self.user_groups, "interactive", site)}
+        names = [n for n in req.datasets if n in usable] if req.datasets else list(usable)
+        paths = {n: usable[n].path_at(site) for n in names}
+        env = {"FEDHUB_DATASETS": json.dumps(paths)}
+        for n, path in paths.items():
+            env["FEDHUB_DATASET_" + n.upper().replace("-", "_")] = path
+        return env
+
+    @property
     def _key(self) -> tuple[str, str]:
         return (self.user.name, self.name or "")
 
@@ -110,7 +163,8 @@ class FederatedSpawner(Spawner):
     def _default_options_form(self):
         def form(spawner):
             fed = spawner.federation
-            return render_form(fed.catalogue, fed.inventories, spawner.session_types)
+            return render_form(fed.catalogue, fed.inventories, spawner.session_types,
+                               spawner.policy, spawner.user_groups)
         return form
 
     def options_from_form(self, formdata):
@@ -123,7 +177,9 @@ class FederatedSpawner(Spawner):
     def validate_options(self, options: dict) -> SessionRequest:
         """The one gate for user input: bad input is a 400 naming the field, nothing starts."""
         try:
-            req = parse_request(options, self.federation.catalogue)
+            req = parse_request(options, self.federation.catalogue, self.policy, self.user_groups)
+        except PolicyRefusal as e:
+            raise web.HTTPError(403, f"Refused by policy: {e}")
         except RequestError as e:
             raise web.HTTPError(400, f"Invalid session request: {e}")
         if req.session_type not in self.session_types:
@@ -158,7 +214,7 @@ class FederatedSpawner(Spawner):
     def _make_child(self, alloc: Allocation, req: SessionRequest) -> Spawner:
         backend = self.federation.backends[alloc.site]
         overrides = backend.spawner_overrides(alloc, req)
-        env = {**self.environment, **overrides.pop("environment", {})}
+        env = {**self.environment, **overrides.pop("environment", {}), **self.dataset_environment(alloc.site, req)}
         child = backend.spawner_class()(
             user=self.user, orm_spawner=self.orm_spawner, hub=self.hub,
             authenticator=self.authenticator, config=self.config, proxy_spec=self.proxy_spec,
@@ -189,8 +245,10 @@ class FederatedSpawner(Spawner):
         self._emit(f"Placing a {req.session_type} session: {req.describe()}", 5)
         tried: list[str] = []
         failures: list[str] = []
+        policy = self.policy
+        entitlements = policy.entitlements(self.user_groups) if policy is not None else None
         while len(tried) < self.max_sites_tried:
-            ranking = rank_sites(req, fed.inventories)
+            ranking = rank_sites(req, fed.inventories, entitlements)
             candidates = [c for c in ranking.candidates if c.site not in tried]
             if not candidates:
                 if not tried:
@@ -198,8 +256,10 @@ class FederatedSpawner(Spawner):
                 break
             cand = candidates[0]
             tried.append(cand.site)
-            # rank + reserve with no await in between: concurrent spawns cannot double-book
-            alloc = fed.reserve(self._key, cand, req, self._session_info(req, cand.reason))
+            # rank + quota + reserve with no await in between: concurrent spawns cannot double-book
+            charged = self._charge_gpus(fed, req)
+            alloc = fed.reserve(self._key, cand, req,
+                                {**self._session_info(req, cand.reason), "charged_group": charged})
             gpus = f", GPUs {cand.gpu_type} {list(alloc.gpu_ids)}" if alloc.gpu_ids else ""
             self._emit(f"Placed on {cand.site} ({cand.reason}){gpus}", 20)
             child = self._starting_child = self._make_child(alloc, req)

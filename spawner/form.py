@@ -10,17 +10,22 @@ import html
 from typing import Any, Mapping, Sequence
 
 from fedhub.hub.catalogue import Catalogue, format_memory, parse_memory
+from fedhub.hub.policy import Entitlements, Policy
 
 from .inventory import SiteInventory
 from .placement import ANY_GPU, SessionRequest
 
 AUTO = "auto"
 SESSION_LABELS = {"jupyterlab": "JupyterLab", "vscode": "VS Code"}
-KNOWN_OPTIONS = {"session_type", "cpus", "memory", "gpus", "gpu_type", "site"}
+KNOWN_OPTIONS = {"session_type", "cpus", "memory", "gpus", "gpu_type", "site", "datasets"}
 
 
 class RequestError(ValueError):
     """User input the spawner refuses; the message is shown to the user as is."""
+
+
+class PolicyRefusal(RequestError):
+    """Well-formed input the governance policy does not allow (the spawner answers 403)."""
 
 
 def _scalar(value: Any) -> Any:
@@ -46,8 +51,20 @@ def _number(value: Any, key: str, *, integer: bool) -> float | int:
     return number
 
 
-def parse_request(options: Mapping[str, Any] | None, catalogue: Catalogue) -> SessionRequest:
-    """Validate user options against the catalogue; return a SessionRequest."""
+def _dataset_names(raw: Any) -> tuple[str, ...]:
+    if raw in (None, "", []):
+        return ()
+    if isinstance(raw, str):
+        raw = [x.strip() for x in raw.split(",") if x.strip()]
+    if not isinstance(raw, list) or not all(isinstance(x, str) and x for x in raw):
+        raise RequestError(f"datasets: expected a list of dataset names, got {raw!r}")
+    return tuple(dict.fromkeys(raw))
+
+
+def parse_request(options: Mapping[str, Any] | None, catalogue: Catalogue,
+                  policy: Policy | None = None, groups: Sequence[str] = ()) -> SessionRequest:
+    """Validate user options against the catalogue (and, with a policy, the user's grants);
+    return a SessionRequest."""
     options = dict(options or {})
     unknown = sorted(set(options) - KNOWN_OPTIONS)
     if unknown:
@@ -90,8 +107,32 @@ def parse_request(options: Mapping[str, Any] | None, catalogue: Catalogue) -> Se
         offered = catalogue.site(site).gpu_types
         if gpus and gpu_type != ANY_GPU and gpu_type not in offered:
             raise RequestError(f"site {site!r} offers no {gpu_type} GPUs; it offers {list(offered) or 'none'}")
+    datasets = _dataset_names(options.get("datasets"))
+    if policy is not None:
+        _check_grants(policy, groups, site, gpus, gpu_type, datasets)
+    elif datasets:
+        raise RequestError("datasets: this hub has no dataset catalogue (no policy file)")
     return SessionRequest(cpus=cpus, memory=memory, gpus=gpus, gpu_type=gpu_type,
-                          site=site, session_type=session_type)
+                          site=site, session_type=session_type, datasets=datasets)
+
+
+def _check_grants(policy: Policy, groups: Sequence[str], site, gpus: int, gpu_type: str, datasets) -> None:
+    ent = policy.entitlements(groups)
+    if site is not None and not ent.allows_site(site):
+        raise PolicyRefusal(f"site: {site} is not granted to you ({ent.source}); "
+                            f"granted: {sorted(ent.sites or [])}")
+    if gpus and not ent.may_use_gpus:
+        raise PolicyRefusal(f"gpus: {ent.source} grants no GPUs")
+    if gpus and gpu_type != ANY_GPU and not ent.allows_gpu_type(gpu_type):
+        raise PolicyRefusal(f"gpu_type: {gpu_type} GPUs are not granted to you ({ent.source}); "
+                            f"granted: {sorted(ent.gpu_types or [])}")
+    for name in datasets:
+        dataset = policy.dataset(name)
+        if dataset is None:
+            raise RequestError(f"datasets: unknown dataset {name!r}; known: {[d.name for d in policy.datasets]}")
+        decision = policy.may_use(dataset, groups, "interactive")
+        if not decision:
+            raise PolicyRefusal(f"datasets: {decision.reason}")
 
 
 def form_to_options(formdata: Mapping[str, list[str]]) -> dict[str, str]:
@@ -101,14 +142,21 @@ def form_to_options(formdata: Mapping[str, list[str]]) -> dict[str, str]:
 
 
 def render_form(catalogue: Catalogue, inventories: Sequence[SiteInventory],
-                session_types: Sequence[str] = ("jupyterlab",)) -> str:
-    """The spawn form's HTML: choices from the catalogue, free capacity from the inventories."""
+                session_types: Sequence[str] = ("jupyterlab",), policy: Policy | None = None,
+                groups: Sequence[str] = ()) -> str:
+    """The spawn form's HTML: choices from the catalogue, free capacity from the inventories.
+    With a policy, only the sites, GPU types and datasets the user's groups are granted."""
     e = html.escape
     d = catalogue.defaults
+    ent = policy.entitlements(groups) if policy is not None else Entitlements()
+    site_names = [s for s in catalogue.site_names if ent.allows_site(s)]
+    gpu_types = [t for t in catalogue.gpu_types if ent.allows_gpu_type(t)] if ent.may_use_gpus else []
+    inventories = [inv for inv in inventories if ent.allows_site(inv.site)]
     rows = []
     for inv in inventories:
         info = inv.to_dict()
-        gpus = ", ".join(f"{g['free']}/{g['capacity']} {e(g['type'])}" for g in info["gpus"]) or "none"
+        gpus = ", ".join(f"{g['free']}/{g['capacity']} {e(g['type'])}" for g in info["gpus"]
+                         if g["type"] in gpu_types) or "none"
         state = "up" if inv.up else f"down: {e(inv.down_reason)}"
         rows.append(
             f"<tr data-site='{e(inv.site)}'><td>{e(inv.site)}</td><td>{e(inv.kind)}</td>"
@@ -117,10 +165,24 @@ def render_form(catalogue: Catalogue, inventories: Sequence[SiteInventory],
             f"<td class='fedhub-free-gpus'>{gpus}</td></tr>")
     types = "".join(f"<option value='{e(t)}'>{e(SESSION_LABELS[t])}</option>" for t in session_types)
     gpu_opts = "<option value='any'>any type (auto)</option>" + "".join(
-        f"<option value='{e(t)}'>{e(t)}</option>" for t in catalogue.gpu_types)
+        f"<option value='{e(t)}'>{e(t)}</option>" for t in gpu_types)
     site_opts = "<option value='auto'>auto (fedhub chooses)</option>" + "".join(
-        f"<option value='{e(s)}'>{e(s)}</option>" for s in catalogue.site_names)
+        f"<option value='{e(s)}'>{e(s)}</option>" for s in site_names)
     lim = catalogue.limits
+    max_gpus = lim.max_gpus if ent.max_gpus_per_user is None else min(lim.max_gpus, ent.max_gpus_per_user)
+    if not gpu_types:
+        max_gpus = 0
+    datasets_html = grants_html = ""
+    if policy is not None:
+        usable = policy.usable_datasets(groups, "interactive")
+        boxes = "".join(
+            f"<label class='fedhub-dataset'><input type='checkbox' name='datasets' value='{e(ds.name)}'> "
+            f"{e(ds.title or ds.name)} <small>({e(', '.join(ds.sites))})</small></label>" for ds in usable)
+        datasets_html = (f"<fieldset class='fedhub-datasets'><legend>Datasets (sessions go where the data is)"
+                         f"</legend>{boxes or '<p>No datasets are granted to you.</p>'}</fieldset>")
+        quota = "no cap" if ent.max_gpus_per_user is None else f"at most {ent.max_gpus_per_user}"
+        grants_html = (f"<p class='fedhub-grants'>Your grants ({e(ent.source)}): "
+                       f"GPUs {quota} at once; GPU types: {e(', '.join(gpu_types) or 'none')}</p>")
     return f"""
 <div class="fedhub-spawn-form">
   <label for="fedhub-session-type">Session type</label>
@@ -133,9 +195,10 @@ def render_form(catalogue: Catalogue, inventories: Sequence[SiteInventory],
   <label for="fedhub-gpu-type">GPU type</label>
   <select class="form-control" id="fedhub-gpu-type" name="gpu_type">{gpu_opts}</select>
   <label for="fedhub-gpus">GPUs</label>
-  <input class="form-control" id="fedhub-gpus" name="gpus" type="number" min="0" max="{lim.max_gpus}" value="0">
+  <input class="form-control" id="fedhub-gpus" name="gpus" type="number" min="0" max="{max_gpus}" value="0">
   <label for="fedhub-site">Site</label>
   <select class="form-control" id="fedhub-site" name="site">{site_opts}</select>
+  {datasets_html}{grants_html}
   <table class="table table-condensed fedhub-sites" aria-label="Free capacity per site">
     <thead><tr><th>Site</th><th>Kind</th><th>State</th><th>CPUs free</th><th>Memory free</th><th>GPUs free</th></tr></thead>
     <tbody>{''.join(rows)}</tbody>

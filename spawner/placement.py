@@ -1,4 +1,4 @@
-"""Placement: (request, inventories) -> ranked sites, each with a reason.
+"""Placement: (request, inventories, user's entitlements) -> ranked sites, each with a reason.
 
 A pure function of its inputs: it reads inventories and never changes them, so the
 spawner, the spawn form, the API and the benchmarks all get the same answer.
@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 from typing import Callable, Sequence
 
 from fedhub.hub.catalogue import format_memory
+from fedhub.hub.policy import Entitlements
 
 from .inventory import SiteInventory
 
@@ -26,6 +27,7 @@ class SessionRequest:
     gpu_type: str = ANY_GPU  # a type name, or "any"; ignored when gpus == 0
     site: str | None = None  # None = auto
     session_type: str = "jupyterlab"
+    datasets: tuple[str, ...] = ()  # the session needs these datasets: only sites holding them
 
     def describe(self) -> str:
         parts = [f"{self.cpus:g} CPU", f"{format_memory(self.memory)} memory"]
@@ -36,7 +38,8 @@ class SessionRequest:
 
     def to_dict(self) -> dict:
         return {"cpus": self.cpus, "memory": self.memory, "gpus": self.gpus,
-                "gpu_type": self.gpu_type, "site": self.site, "session_type": self.session_type}
+                "gpu_type": self.gpu_type, "site": self.site, "session_type": self.session_type,
+                "datasets": list(self.datasets)}
 
 
 @dataclass(frozen=True)
@@ -103,12 +106,34 @@ def _score(inv: SiteInventory, node, req: SessionRequest, gpu_type: str) -> tupl
     return (free - req.cpus) / cpus, f"{free:g} of {cpus:g} CPUs free"
 
 
-def rank_sites(req: SessionRequest, inventories: Sequence[SiteInventory]) -> Ranking:
-    """Every site that can run `req` now, best first, and why the others cannot."""
+def _not_entitled(inv: SiteInventory, req: SessionRequest, ent: Entitlements | None) -> str:
+    """Why the user's grants or the request's datasets rule this site out ('' if they do not)."""
+    if ent is None:
+        return ""
+    if not ent.allows_site(inv.site):
+        return f"not granted to you ({ent.source})"
+    for name in req.datasets:
+        if inv.site not in ent.dataset_sites.get(name, ()):
+            return f"does not hold dataset {name}"
+    if req.gpus:
+        wanted = inv.gpu_types if req.gpu_type == ANY_GPU else (req.gpu_type,)
+        if wanted and not any(ent.allows_gpu_type(t) for t in wanted):
+            return f"its {'/'.join(wanted)} GPUs are not granted to you ({ent.source})"
+    return ""
+
+
+def rank_sites(req: SessionRequest, inventories: Sequence[SiteInventory],
+               entitlements: Entitlements | None = None) -> Ranking:
+    """Every site that can run `req` now, best first, and why the others cannot.
+    `entitlements` (None: no policy) limits the sites and GPU types to the user's grants."""
     ranking = Ranking()
     scored: list[tuple[float, int, Candidate]] = []
     for order, inv in enumerate(inventories):
         if req.site is not None and inv.site != req.site:
+            continue
+        denied = _not_entitled(inv, req, entitlements)
+        if denied:
+            ranking._reasons[inv.site] = denied
             continue
         if not inv.up:
             ranking._reasons[inv.site] = f"down ({inv.down_reason or 'not answering'})"
@@ -118,6 +143,8 @@ def rank_sites(req: SessionRequest, inventories: Sequence[SiteInventory]) -> Ran
             continue
         if req.gpus:
             types = inv.gpu_types if req.gpu_type == ANY_GPU else (req.gpu_type,)
+            if entitlements is not None:
+                types = tuple(t for t in types if entitlements.allows_gpu_type(t))
         else:
             types = ("",)
         best: tuple[float, Candidate] | None = None
