@@ -61,6 +61,18 @@ def store(tmp_path_factory, digits):
     yield {"uri": uri, "clf": clf, "net": net, "torch_run": run.info.run_id, "root": root, "Xt": Xt}
 
 
+@pytest.fixture(scope="module")
+def packaged(store, tmp_path_factory):
+    """Both models packaged once into one repository (the torch export takes seconds)."""
+    repo = tmp_path_factory.mktemp("repository")
+    return {
+        "repo": repo,
+        "digits": package_model("models:/digits-clf/1", repo, "digits", tracking_uri=store["uri"]),
+        "net": package_model(f"runs:/{store['torch_run']}/net", repo, "digits-net", version=3,
+                             tracking_uri=store["uri"]),
+    }
+
+
 def run_onnx(path, feeds):
     session = ort.InferenceSession(str(path))
     names = [o.name for o in session.get_outputs()]
@@ -69,12 +81,12 @@ def run_onnx(path, feeds):
 
 # ---------------------------------------------------------------- real models
 
-def test_registered_sklearn_model_becomes_a_repository_entry_that_predicts_like_sklearn(store, digits, tmp_path):
+def test_registered_sklearn_model_becomes_a_repository_entry_that_predicts_like_sklearn(store, digits, packaged):
     _, _, X_test, _ = digits
-    packaged = package_model("models:/digits-clf/1", tmp_path / "repo", "digits", tracking_uri=store["uri"])
+    repo, packaged = packaged["repo"], packaged["digits"]
     assert packaged.flavour == "sklearn"
-    assert packaged.model_file == tmp_path / "repo" / "digits" / "1" / "model.onnx"
-    assert (tmp_path / "repo" / "digits" / "config.pbtxt").is_file()
+    assert packaged.model_file == repo / "digits" / "1" / "model.onnx"
+    assert (repo / "digits" / "config.pbtxt").is_file()
 
     out = run_onnx(packaged.model_file, {"input": X_test.astype(np.float32)})
     np.testing.assert_array_equal(out["label"], store["clf"].predict(X_test))
@@ -92,12 +104,11 @@ def test_registered_sklearn_model_becomes_a_repository_entry_that_predicts_like_
     assert (proba.name, proba.data_type, list(proba.dims)) == ("probabilities", mc.TYPE_FP32, [10])
 
 
-def test_pytorch_model_from_a_run_becomes_a_batching_repository_entry(store, digits, tmp_path):
+def test_pytorch_model_from_a_run_becomes_a_batching_repository_entry(store, digits, packaged):
     import torch
 
     _, _, X_test, _ = digits
-    packaged = package_model(f"runs:/{store['torch_run']}/net", tmp_path / "repo", "digits-net", version=3,
-                             tracking_uri=store["uri"])
+    packaged = packaged["net"]
     assert packaged.flavour == "pytorch" and packaged.model_file.parent.name == "3"
     config = read_config(packaged.model_dir)
     assert config.max_batch_size == 64 and config.HasField("dynamic_batching")
@@ -123,13 +134,13 @@ def test_onnx_file_is_packaged_from_its_graph(store, digits, tmp_path):
     np.testing.assert_array_equal(out["label"], store["clf"].predict(X_test[:9]))
 
 
-def test_config_pbtxt_round_trips_through_the_protobuf(store, tmp_path):
-    packaged = package_model("models:/digits-clf/1", tmp_path / "repo", "rt", tracking_uri=store["uri"])
-    text = (packaged.model_dir / "config.pbtxt").read_text()
-    parsed = text_format.Parse(text, mc.ModelConfig())
-    assert parsed == packaged.config
-    assert text_format.MessageToString(parsed) == text
-    assert 'name: "rt"' in text and "max_batch_size: 64" in text
+def test_config_pbtxt_round_trips_through_the_protobuf(packaged):
+    for entry in (packaged["digits"], packaged["net"]):
+        text = (entry.model_dir / "config.pbtxt").read_text()
+        parsed = text_format.Parse(text, mc.ModelConfig())
+        assert parsed == entry.config
+        assert text_format.MessageToString(parsed) == text
+        assert f'name: "{entry.name}"' in text and "max_batch_size: 64" in text
 
 
 # ---------------------------------------------------------------- pure: signature -> config
@@ -208,6 +219,41 @@ def test_missing_sources_are_named(store, tmp_path):
         package_model("models:/digits-clf/1", tmp_path / "repo", "m", version=0)
 
 
-def test_converted_graph_is_valid_onnx(store, tmp_path):
-    packaged = package_model("models:/digits-clf/1", tmp_path / "repo", "chk", tracking_uri=store["uri"])
-    onnx.checker.check_model(onnx.load(str(packaged.model_file)))
+def test_converted_graphs_are_valid_onnx(packaged):
+    for entry in (packaged["digits"], packaged["net"]):
+        onnx.checker.check_model(onnx.load(str(entry.model_file)))
+
+
+# ---------------------------------------------------------------- served for real
+
+async def test_packaged_models_serve_on_the_embedded_server_over_http_and_grpc(store, digits, packaged):
+    """The repository packaging writes is what the embedded Triton-protocol server serves:
+    the unmodified tritonclient (HTTP binary default, and gRPC) gets the models' own predictions."""
+    import torch
+    import tritonclient.grpc.aio as grpcclient
+    import tritonclient.http.aio as httpclient
+
+    from fedhub.hub.deploy.server import InferenceServer
+
+    _, _, X_test, _ = digits
+    repo = packaged["repo"]
+    x = X_test[:25].astype(np.float32)
+    with torch.no_grad():
+        expected_net = store["net"](torch.from_numpy(x)).numpy()
+    server = await InferenceServer(repo, http_port=0, grpc_port=0).start()
+    http = httpclient.InferenceServerClient(f"127.0.0.1:{server.http_port}")
+    grpc = grpcclient.InferenceServerClient(f"127.0.0.1:{server.grpc_port}")
+    try:
+        for client, module in ((http, httpclient), (grpc, grpcclient)):
+            inp = module.InferInput("input", list(x.shape), "FP32")
+            inp.set_data_from_numpy(x)
+            result = await client.infer("digits", [inp])
+            np.testing.assert_array_equal(result.as_numpy("label").reshape(-1), store["clf"].predict(X_test[:25]))
+            np.testing.assert_allclose(result.as_numpy("probabilities"), store["clf"].predict_proba(X_test[:25]),
+                                       atol=1e-4)
+            result = await client.infer("digits-net", [inp])
+            np.testing.assert_allclose(result.as_numpy("output"), expected_net, atol=1e-4)
+    finally:
+        await http.close()
+        await grpc.close()
+        await server.stop()
