@@ -155,3 +155,70 @@ def test_nbconvert_worker_runs_standalone(lab, tmp_path):
     subprocess.run([sys.executable, "-m", "fedhub.server_ext.capture", "convert",
                     str(lab.project / "nb" / "noisy.ipynb"), str(tmp_path)], check=True, timeout=120)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["notebook.html", "notebook.py"]
+
+
+# ---------------------------------------------------------------- automatic capture
+def _fedhub_tags(run_id: str) -> dict:
+    return {k: v for k, v in mlflow.MlflowClient().get_run(run_id).data.tags.items() if k.startswith("fedhub.")}
+
+
+def test_plain_start_run_is_captured_and_an_explicit_track_takes_over(monkeypatch, tmp_path):
+    monkeypatch.setenv("FEDHUB_AUTO_CAPTURE", "1")
+    mlflow.set_experiment("auto")
+    with mlflow.start_run() as plain:  # nothing of fedhub's called
+        mlflow.log_metric("acc", 0.5)
+    capture.wait_all(120)
+    tags = _fedhub_tags(plain.info.run_id)
+    assert tags["fedhub.capture"] == "1" and tags["fedhub.capture.mode"] == "auto" and tags["fedhub.seed"] == "none"
+    names = {a.path for a in mlflow.MlflowClient().list_artifacts(plain.info.run_id, "fedhub")}
+    assert {"fedhub/requirements.lock", "fedhub/environment.json", "fedhub/inputs.json"} <= names
+    (auto,) = [c for c in capture._pending if c.run_id == plain.info.run_id] or [None]
+    assert auto is None or auto.seconds_sync < 0.5  # the run's own thread only named what runs
+
+    data = tmp_path / "x.csv"
+    data.write_text("1\n")
+    with mlflow.start_run() as explicit:
+        cap = capture.track(seed=3, inputs=[str(data)])
+        mlflow.log_metric("acc", 0.6)
+    capture.wait_all(120)
+    assert cap.done and not cap.errors
+    tags = _fedhub_tags(explicit.info.run_id)
+    assert (tags["fedhub.capture.mode"], tags["fedhub.seed"], tags["fedhub.inputs"]) == ("track", "3", "1")
+    env = json.loads(mlflow.artifacts.load_text(f"runs:/{explicit.info.run_id}/fedhub/environment.json"))
+    assert env["seed"] == 3  # the automatic capture's upload did not overwrite track()'s
+
+    monkeypatch.setenv("FEDHUB_AUTO_CAPTURE", "0")
+    with mlflow.start_run() as off:
+        mlflow.log_metric("acc", 0.7)
+    assert _fedhub_tags(off.info.run_id) == {}
+
+
+def test_a_failing_capture_never_breaks_the_run(monkeypatch, tmp_path, caplog):
+    monkeypatch.setenv("FEDHUB_AUTO_CAPTURE", "1")
+    blocker = tmp_path / "a-file"
+    blocker.write_text("")
+    # artifacts cannot be stored under a regular file: the capture's upload fails for real
+    exp = mlflow.MlflowClient().create_experiment("no-artifacts", artifact_location=(blocker / "art").as_uri())
+    with caplog.at_level("WARNING", logger="fedhub.capture"):
+        with mlflow.start_run(experiment_id=exp) as run:
+            mlflow.log_metric("acc", 0.9)
+        capture.wait_all(120)
+    got = mlflow.MlflowClient().get_run(run.info.run_id)
+    assert got.info.status == "FINISHED" and got.data.metrics == {"acc": 0.9}
+    assert any("automatic capture" in r.getMessage() and "upload" in r.getMessage() for r in caplog.records)
+
+
+def test_auto_capture_setting_of_the_server_extension():
+    from traitlets.config import Config, Configurable
+
+    from fedhub.server_ext.capture_settings import configure_auto_capture
+
+    def server(**settings):
+        return Configurable(config=Config({"FedhubCapture": settings}))
+
+    env = {}
+    assert configure_auto_capture(server(), env) is True and env == {"FEDHUB_AUTO_CAPTURE": "1"}
+    env = {"FEDHUB_AUTO_CAPTURE": "0"}  # the user's own choice wins over the default
+    assert configure_auto_capture(server(), env) is False and env["FEDHUB_AUTO_CAPTURE"] == "0"
+    env = {"FEDHUB_AUTO_CAPTURE": "1"}
+    assert configure_auto_capture(server(auto_capture=False), env) is False and env["FEDHUB_AUTO_CAPTURE"] == "0"
