@@ -2,18 +2,11 @@
 through the real hub, into the real JupyterLab with fedhub's panels. Screenshots land in
 docs/screenshots/ for the panel pages."""
 
-from pathlib import Path
-
 import pytest
-import requests
+from browser_helpers import SHOTS, launch_chromium, open_side_panel, run_cell_in_notebook
 from playwright.sync_api import expect, sync_playwright
 
 pytestmark = pytest.mark.hub
-
-SHOTS = Path(__file__).resolve().parents[1] / "docs" / "screenshots"
-CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-                 "--disable-background-networking", "--disable-component-update", "--disable-sync",
-                 "--disable-dev-shm-usage"]
 
 
 @pytest.fixture(scope="module")
@@ -24,7 +17,7 @@ def hub(module_hub_factory):
 @pytest.fixture(scope="module")
 def browser():
     with sync_playwright() as p:
-        b = p.chromium.launch(executable_path="/usr/bin/chromium", headless=True, args=CHROMIUM_ARGS)
+        b = launch_chromium(p)
         yield b
         b.close()
 
@@ -50,17 +43,6 @@ def lab(hub, browser):
     page.close()
 
 
-def open_side_panel(page, title: str):
-    tab = page.locator(f".jp-SideBar .lm-TabBar-tab[title='{title}']")
-    if tab.count() == 0:
-        tab = page.get_by_role("tab", name=title)
-    tab.first.click()
-    panel = page.get_by_role("region", name=title)
-    if panel.count() == 0:
-        panel = page.locator(f"[aria-label='{title}']").first
-    return panel
-
-
 def test_lab_status_bar_names_the_site_and_gpu(lab):
     expect(lab.locator("#fedhub-status")).to_contain_text("local-b", timeout=60_000)
     expect(lab.locator("#fedhub-status")).to_contain_text("t4")
@@ -73,24 +55,6 @@ def test_sites_panel_shows_live_inventory(lab):
     expect(table).to_contain_text("local-b")
     expect(table).to_contain_text("t4")
     lab.screenshot(path=str(SHOTS / "sites-panel.png"))
-
-
-def run_cell_in_notebook(page, hub, user: str, name: str, code: str, expect_output: str):
-    """Create an empty notebook in the user's home, open it in JupyterLab, type one cell, save, run."""
-    token = hub.create_user(user)
-    nb = {"cells": [{"cell_type": "code", "source": "", "metadata": {}, "outputs": [], "execution_count": None}],
-          "metadata": {"kernelspec": {"name": "python3", "display_name": "Python 3", "language": "python"}},
-          "nbformat": 4, "nbformat_minor": 5}
-    r = requests.put(f"{hub.url}/user/{user}/api/contents/{name}", headers={"Authorization": f"token {token}"},
-                     json={"type": "notebook", "format": "json", "content": nb})
-    assert r.status_code in (200, 201), r.text
-    page.goto(f"{hub.url}/user/{user}/lab/tree/{name}?reset")  # ?reset: only this notebook open
-    cell = page.locator(".jp-Notebook .jp-Cell").first
-    cell.locator(".cm-content").click()
-    page.keyboard.type(code)
-    page.keyboard.press("Control+s")
-    page.keyboard.press("Shift+Enter")
-    expect(cell.locator(".jp-OutputArea-output[data-mime-type*=stdout]")).to_contain_text(expect_output, timeout=120_000)
 
 
 def show_run_in_panel(page, experiment: str, run_name: str, expect_in_table: str = ""):
