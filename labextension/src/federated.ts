@@ -71,6 +71,20 @@ export function roundSeries(rounds: jobsApi.IRoundMetrics[]): {
   return { metrics: all.filter(s => !isBytes(s)), bytes: all.filter(isBytes) };
 }
 
+/** `{codec: 'topk', ratio: 0.1}` -> `topk 0.1`; no compression -> `none`. */
+export function compressionLabel(c: unknown): string {
+  if (!c) {
+    return 'none';
+  }
+  if (typeof c === 'string') {
+    return c;
+  }
+  const o = c as { [key: string]: unknown };
+  const kind = String(o.codec ?? o.kind ?? 'custom');
+  const ratio = o.ratio ?? o.k;
+  return ratio === undefined ? kind : `${kind} ${ratio}`;
+}
+
 function isFinal(state: string | undefined): boolean {
   return !!state && jobsApi.FINAL_STATES.includes(state);
 }
@@ -473,8 +487,8 @@ export class FederatedPanel extends Widget {
       h(
         'p',
         { class: 'jp-fedhub-muted' },
-        `${job.app_display || job.app} · ${job.strategy}` +
-          ` · compression ${job.compression ? job.compression.kind : 'none'}` +
+        `${(job.app_display || job.app).replace(/\/+$/, '').split('/').pop()} · ${job.strategy}` +
+          ` · compression ${compressionLabel(job.compression)}` +
           (job.mlflow_run_id ? ` · MLflow run ${job.mlflow_run_id}` : '')
       )
     );

@@ -116,7 +116,8 @@ export interface IJob {
   rounds: number;
   rounds_done?: number;
   strategy: string;
-  compression: { kind: string; ratio?: number } | null;
+  /** e.g. {codec: 'int8'} or {codec: 'topk', ratio: 0.1}; null for none */
+  compression: { [key: string]: unknown } | string | null;
   state: string;
   created?: number;
   started?: number | null;
