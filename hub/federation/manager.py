@@ -203,6 +203,9 @@ class FederatedJobs(LoggingConfigurable):
                     await supernodes.stop(handle)
             if _is_flower(job.superlink_pid):
                 supernodes.kill_group(job.superlink_pid, signal.SIGKILL)
+            strays = supernodes.processes_under(self.store.job_dir(job.id))
+            if strays:
+                await supernodes.stop_tree(None, strays, grace=3)
             job.state, job.finished = "failed", time.time()
             job.error = ("the fedhub API service stopped while this job was running; its SuperLink and "
                          "SuperNodes were stopped when the service started again")

@@ -18,7 +18,6 @@ import logging
 import os
 import re
 import shutil
-import signal
 import socket
 import sys
 import time
@@ -97,6 +96,7 @@ class JobRunner:
         self._events_pos = 0
         self._pending_rounds: dict[int, dict] = {}
         self._last_total = 0
+        self._ended = False
 
     # ---------------------------------------------------------------- helpers
     def event(self, type_: str, message: str, **data) -> None:
@@ -165,12 +165,20 @@ class JobRunner:
         job = self.job
         job.started = time.time()
         self.set_state("starting", f"Starting job {job.id}: {len(job.sites)} sites, {job.rounds} rounds")
-        await self._start_tracking()
-        app_dir = await asyncio.get_running_loop().run_in_executor(None, self._prepare_app)
-        self._check_cancel()
-        await self._start_superlink()
-        await self._start_supernodes()
-        await self._wait_for_supernodes()
+        # MLflow may still be starting with the hub: create the run while the federation starts
+        tracking = asyncio.ensure_future(self._start_tracking())
+        try:
+            app_dir = await asyncio.get_running_loop().run_in_executor(None, self._prepare_app)
+            self._check_cancel()
+            await self._start_superlink()
+            await self._start_supernodes()
+            await self._wait_for_supernodes(tracking)
+            await tracking  # the run exists before round 1 is logged
+        finally:
+            if not tracking.done():
+                tracking.cancel()
+            elif not tracking.cancelled():
+                tracking.exception()  # retrieved: a failure here is reported by whoever raised first
         run_id = await self._submit(app_dir)
         self.set_state("running", f"Flower run {run_id} submitted; waiting for round 1")
         await self._watch(run_id)
@@ -292,10 +300,12 @@ class JobRunner:
             return True, ""
         return False, f"Slurm job {handle.slurm_job_id} ended" + (f" ({state})" if state else "")
 
-    async def _wait_for_supernodes(self) -> None:
+    async def _wait_for_supernodes(self, tracking: asyncio.Future | None = None) -> None:
         deadline = time.monotonic() + self.m.supernode_start_timeout
         joined: set[str] = set()
         while len(joined) < len(self.handles):
+            if tracking is not None and tracking.done() and tracking.exception() is not None:
+                raise tracking.exception()  # MLflow refused the run: no point in going on
             for h in self.handles:
                 if h.site in joined:
                     continue
@@ -370,7 +380,8 @@ class JobRunner:
                 raise JobFailed(f"the SuperLink exited with code {self.superlink.returncode}",
                                 tail(self.dir / "superlink" / "superlink.log"))
             await self._check_supernodes()
-            if time.monotonic() - last_status >= self.m.status_interval:
+            interval = 0.5 if self._ended else self.m.status_interval
+            if time.monotonic() - last_status >= interval:
                 last_status = time.monotonic()
                 status = await self._status(run_id)
                 if status is not None and status.status == "finished":
@@ -383,7 +394,7 @@ class JobRunner:
                         raise JobCancelled(self.cancel_reason or "the Flower run was stopped")
                     raise JobFailed(f"the ServerApp failed: {status.details or status.text}",
                                     await self._serverapp_log(run_id))
-            await self._sleep(1.0)
+            await self._sleep(0.5 if self._ended else 1.0)
 
     async def _status(self, run_id: int):
         try:
@@ -441,6 +452,7 @@ class JobRunner:
         if kind == "end":
             for rnd in sorted(self._pending_rounds):
                 await self._round_done(rnd, run_id)
+            self._ended = True  # the ServerApp returned: Flower reports the run finished shortly
             return
         rnd = ev.get("round")
         if kind != "round" or not isinstance(rnd, int) or rnd < 1 or ev.get("phase") not in PHASE_PREFIX:
@@ -526,15 +538,15 @@ class JobRunner:
         for h in self.handles:
             if h.site not in self.lost and self.job.site_status.get(h.site, {}).get("state") not in ("failed",):
                 self.job.site_status[h.site] = {"state": "stopped", "detail": ""}
-        if self.superlink is not None and self.superlink.returncode is None:
-            supernodes.kill_group(self.superlink.pid, signal.SIGTERM)
-            try:
-                await asyncio.wait_for(self.superlink.wait(), 5)
-            except asyncio.TimeoutError:
-                supernodes.kill_group(self.superlink.pid, signal.SIGKILL)
-                await self.superlink.wait()
         if self.superlink is not None:
-            supernodes.kill_group(self.superlink.pid, signal.SIGKILL)  # serverapp children, if any
+            await supernodes.stop_tree(self.superlink.pid, supernodes.descendants(self.superlink.pid))
+            if self.superlink.returncode is None:
+                await self.superlink.wait()
+        # leftovers (children of a SuperNode that died) are found by their FLWR_HOME in the job's folder
+        loop = asyncio.get_running_loop()
+        strays = await loop.run_in_executor(None, supernodes.processes_under, self.dir)
+        if strays:
+            await supernodes.stop_tree(None, strays, grace=3)
         # Slurm: wait until the cancelled jobs are gone, so "cancelled" means nothing runs
         for h in self.handles:
             if h.kind == "slurm":

@@ -20,6 +20,7 @@ import re
 import shlex
 import signal
 import sys
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -265,15 +266,63 @@ def kill_group(pid: int | None, sig=signal.SIGTERM) -> None:
         pass
 
 
+def descendants(pid: int | None) -> list:
+    """Every process below pid. Flower starts flower-superexec and the flwr-serverapp and
+    flwr-clientapp processes in sessions of their own, so a process group misses them."""
+    import psutil
+    try:
+        return psutil.Process(pid).children(recursive=True) if pid else []
+    except psutil.Error:
+        return []
+
+
+def processes_under(home: Path) -> list:
+    """Live processes whose FLWR_HOME lies in home (a job's folder): what the job started,
+    including children a dead SuperNode left behind (they are re-parented, so no tree finds them)."""
+    import psutil
+    prefix = str(home)
+    found = []
+    for p in psutil.process_iter():
+        try:
+            if p.status() != psutil.STATUS_ZOMBIE and p.environ().get("FLWR_HOME", "").startswith(prefix):
+                found.append(p)
+        except (psutil.Error, OSError):
+            continue
+    return found
+
+
+async def stop_tree(pid: int | None, children: list, grace: float = 5) -> None:
+    """SIGTERM pid's group and the given descendants, SIGKILL whatever is left after grace.
+    (pid itself is left for its parent to reap: it may be an asyncio child of ours.)"""
+    import psutil
+
+    def alive(p) -> bool:
+        try:
+            return p.status() != psutil.STATUS_ZOMBIE
+        except psutil.Error:
+            return False
+
+    kill_group(pid, signal.SIGTERM)
+    for p in children:
+        try:
+            p.terminate()
+        except psutil.Error:
+            pass
+    deadline = time.monotonic() + grace
+    while time.monotonic() < deadline and (pid_alive(pid) or any(alive(p) for p in children)):
+        await asyncio.sleep(0.1)
+    kill_group(pid, signal.SIGKILL)
+    for p in children:
+        try:
+            p.kill()
+        except psutil.Error:
+            pass
+
+
 async def stop(handle: SuperNodeHandle, grace: float = 5) -> None:
     """Stop a SuperNode and everything it started (its ClientApp processes)."""
     if handle.kind == "local" and handle.pid:
-        kill_group(handle.pid, signal.SIGTERM)
-        for _ in range(int(grace * 10)):
-            if not pid_alive(handle.pid):
-                break
-            await asyncio.sleep(0.1)
-        kill_group(handle.pid, signal.SIGKILL)
+        await stop_tree(handle.pid, descendants(handle.pid), grace)
         proc = handle.extra.get("proc")
         if proc is not None and proc.returncode is None:
             try:
