@@ -74,3 +74,22 @@ def test_cancel_and_bad_input(hub_home, tmp_path):
     stray = FederatedWidget(app="digits", workspace=str(outside), hub_url=hub.url, token=token)
     assert stray.launch() is None
     assert "Cannot launch (400)" in stray.status.value and "outside your home" in stray.status.value
+
+
+@pytest.mark.hub
+def test_a_failing_server_app_shows_its_reason_and_log_tail(hub_home):
+    hub, token, home = hub_home
+    broken = home / "broken-digits"
+    shutil.copytree(EXAMPLE_APP, broken)
+    server_app = broken / "digits_app" / "server_app.py"
+    server_app.write_text(server_app.read_text().replace(
+        '    cfg = context.run_config\n',
+        '    raise RuntimeError("the data went missing on purpose")\n'))
+    widget = FederatedWidget(app="broken-digits", rounds=1, workspace=str(home), hub_url=hub.url, token=token,
+                             sites=["local-a"])
+    assert widget.launch() is not None
+    final = widget.wait(300)
+    assert final["state"] == "failed", final
+    assert widget.progress.bar_style == "danger" and "failed" in widget.status.value
+    assert "Failed:" in widget.failure.value
+    assert "the data went missing on purpose" in widget.failure.value  # from the ServerApp's log tail
