@@ -118,10 +118,9 @@ class StandInDeployAPI:
                     archive = outer.assigned.get(m[1])
                     if archive is None:
                         return self.reply(204)
-                    doc = {"bundle_id": fmt.sha256_file(archive)[:24], "name": "digits", "version": archive.name,
-                           "url": f"/files/{archive.parent.name}/{archive.name}", "sha256": fmt.sha256_file(archive),
-                           "size": archive.stat().st_size}
-                    return self.reply(200, json.dumps(contract.check_assignment(doc)).encode())
+                    doc = contract.assignment_doc(archive, f"/files/{archive.parent.name}/{archive.name}", "digits",
+                                                  archive.name)
+                    return self.reply(200, json.dumps(doc).encode())
                 m = re.fullmatch(r"/files/([^/]+)/([^/]+)", self.path)
                 for archive in outer.assigned.values():
                     if m and (archive.parent.name, archive.name) == (m[1], m[2]):
@@ -338,6 +337,10 @@ def test_tampered_bundles_are_refused_and_the_previous_keeps_serving(hub_api, ag
     assert a.poll_once() == contract.SERVING
     assert infer(a.server.port, X[:3])[1] == "2" and a.state["previous"] == serving
 
+    hub_api.assigned["field"] = bundles[1]  # the hub rolls the group back: the kept bundle serves again
+    assert a.poll_once() == contract.SERVING and a.state["current"] == serving
+    assert infer(a.server.port, X[:3])[1] == "1"
+
 
 def test_a_new_bundle_that_fails_to_load_leaves_the_current_one_serving(hub_api, agent, bundles, digits_model,
                                                                         hub_state, tmp_path):
@@ -376,6 +379,23 @@ def test_agent_rolls_back_to_the_previous_bundle_when_the_current_fails_at_start
     status = hub_api.statuses[-1]
     assert status["state"] == "rolled-back" and status["bundle_id"] == v2 and "sha256" in status["reason"]
     assert infer(second.server.port, X[:4])[1] == "1"
+
+
+def test_agent_keeps_serving_when_the_hub_goes_away_and_is_idle_with_nothing_assigned(hub_api, agent, bundles,
+                                                                                      digits_model):
+    import requests
+
+    _, X, _ = digits_model
+    a = agent()
+    assert a.poll_once() == contract.IDLE  # registered, nothing assigned yet (204)
+    client = httpclient.InferenceServerClient(f"127.0.0.1:{a.server.port}")
+    assert client.is_server_live() and not client.is_server_ready()
+    hub_api.assigned["field"] = bundles[1]
+    assert a.poll_once() == contract.SERVING
+    hub_api.close()
+    with pytest.raises(requests.ConnectionError):
+        a.poll_once()
+    assert infer(a.server.port, X[:2])[1] == "1"
 
 
 def test_agent_pins_the_hub_key_on_first_contact_and_refuses_a_wrong_given_key(hub_api, bundles, hub_state, tmp_path):

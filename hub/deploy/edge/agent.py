@@ -194,7 +194,25 @@ class EdgeAgent:
                 return contract.SERVING
             if bundle_id in self.state["failed"]:
                 return self.last_status.get("state", contract.REFUSED)  # already reported; wait for a new one
+            if bundle_id == self.state["previous"] and self._bundle_dir(bundle_id).is_dir():
+                return self._back_to_previous(bundle_id)
             return self._update(assignment)
+
+    def _back_to_previous(self, bundle_id: str) -> str:
+        """The hub rolled the group back: serve the kept previous bundle (verified again), no download."""
+        try:
+            model = self._load(bundle_id)
+        except Exception as exc:  # noqa: BLE001 - a bad kept copy: fetch it like a new bundle next time
+            shutil.rmtree(self._bundle_dir(bundle_id), ignore_errors=True)
+            self.state["previous"] = None
+            self._write_state()
+            return self.report(contract.LOAD_FAILED, f"kept bundle {bundle_id}: {getattr(exc, 'reason', exc)}",
+                               bundle_id)["state"]
+        self.server.model = model
+        self.state.update(previous=self.state["current"], current=bundle_id)
+        self._write_state()
+        self.report(contract.SERVING, "", bundle_id)
+        return contract.SERVING
 
     def _update(self, assignment: dict) -> str:
         bundle_id = assignment["bundle_id"]

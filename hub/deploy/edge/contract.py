@@ -92,3 +92,14 @@ def check_status(doc) -> dict:
         if doc.get(field) is not None and not isinstance(doc[field], str):
             raise ContractError(f"{where}: '{field}' must be a string or null")
     return doc
+
+
+def assignment_doc(archive, url: str, name: str, version) -> dict:
+    """The hub side of `GET edge/groups/{group}/bundle`: the document for a bundle archive.
+    The bundle id is derived from the archive's sha256, so a rebuilt bundle is a new id."""
+    import hashlib
+    from pathlib import Path
+
+    digest = hashlib.sha256(Path(archive).read_bytes()).hexdigest()
+    return check_assignment({"bundle_id": f"{digest[:24]}", "name": name, "version": version, "url": url,
+                             "sha256": digest, "size": Path(archive).stat().st_size})
