@@ -18,7 +18,10 @@ pytestmark = pytest.mark.hub
 
 @pytest.fixture(scope="module")
 def hub(module_hub_factory):
-    return module_hub_factory(None, args=[]).start()  # default catalogue, MLflow on
+    hub = module_hub_factory(None, args=[])  # default catalogue, MLflow on
+    with open(hub.data_dir / "jupyterhub_config.py", "a") as f:
+        f.write('\nc.JupyterHub.load_groups = {"lab": {"users": ["omar"]}}\n')
+    return hub.start()
 
 
 def test_notebook_logs_to_mlflow_with_nothing_configured_and_panels_see_it(hub):
@@ -84,6 +87,16 @@ def _session(hub, name: str) -> str:
     return token
 
 
+def _wait_for_mlflow(hub, token: str) -> None:
+    deadline = time.monotonic() + 120
+    while True:  # MLflow may still be starting right after the hub came up
+        r = requests.get(f"{hub.url}/services/mlflow/api/2.0/mlflow/experiments/search?max_results=1",
+                         headers={"Authorization": f"token {token}"})
+        if r.status_code != 503 or time.monotonic() > deadline:
+            return
+        time.sleep(1)
+
+
 def _mlflow(hub, token: str, path: str) -> dict:
     r = requests.get(f"{hub.url}/services/mlflow/api/2.0/mlflow/{path}", headers={"Authorization": f"token {token}"})
     assert r.status_code == 200, r.text
@@ -94,6 +107,7 @@ def test_plain_start_run_in_a_notebook_is_captured_automatically_and_reproduces(
     token = _session(hub, "nina")
     server = f"{hub.url}/user/nina/"
     headers = {"Authorization": f"token {token}"}
+    _wait_for_mlflow(hub, token)
     nb = nbformat.v4.new_notebook()
     nb.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3", "language": "python"}
     nb.cells = [nbformat.v4.new_code_cell(AUTO_CELL)]
@@ -126,3 +140,33 @@ def test_plain_start_run_in_a_notebook_is_captured_automatically_and_reproduces(
                           "reproduce", run_id], capture_output=True, text=True, timeout=300, env=fedhub_env())
     assert out.returncode == 0, out.stdout + out.stderr
     assert "acc" in out.stdout and "identical" in out.stdout
+
+
+def test_experiments_panel_shares_through_the_session_api(hub):
+    token = _session(hub, "nina")
+    omar = hub.create_user("omar")
+    headers = {"Authorization": f"token {token}"}
+    _wait_for_mlflow(hub, token)
+    r = requests.post(f"{hub.url}/services/mlflow/api/2.0/mlflow/experiments/create", headers=headers,
+                      json={"name": "nina-shared"})
+    assert r.status_code == 200, r.text
+    exp_id = r.json()["experiment_id"]
+    api = f"{hub.url}/user/nina/fedhub/api/experiments/{exp_id}/shares"
+    assert requests.get(api, headers=headers).json()["shares"] == []
+    r = requests.post(api, headers=headers, json={"group": "lab", "permission": "edit"})
+    assert r.status_code == 200 and r.json()["permission"] == "EDIT", r.text
+    assert requests.get(api, headers=headers).json()["shares"] == [{"group": "lab", "permission": "EDIT"}]
+    assert _mlflow(hub, omar, f"experiments/get?experiment_id={exp_id}")["experiment"]["name"] == "nina-shared"
+    r = requests.post(api, headers=headers, json={"group": "nope"})
+    assert r.status_code == 404 and r.json()["message"] == "No hub group 'nope'"
+    r = requests.post(api, headers=headers, json={"permission": "READ"})
+    assert r.status_code == 400 and "group" in r.json()["message"]
+    r = requests.post(api, headers=headers, data="{not json")
+    assert r.status_code == 400 and r.headers["Content-Type"].startswith("application/json")
+    r = requests.delete(f"{api}/lab", headers=headers)
+    assert r.status_code == 200 and r.json()["permission"] is None
+    r = requests.get(f"{hub.url}/services/mlflow/api/2.0/mlflow/experiments/get?experiment_id={exp_id}",
+                     headers={"Authorization": f"token {omar}"})
+    assert r.status_code == 403
+    r = requests.delete(f"{api}/lab", headers=headers)
+    assert r.status_code == 404 and "not shared" in r.json()["message"]

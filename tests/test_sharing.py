@@ -150,18 +150,3 @@ def test_only_the_owner_shares_and_bad_requests_are_clear_json(hub):
     out = fedhub_cli(hub, "bob", "share", exp_id, "--group", "other")
     assert out.returncode == 1 and "403: Only the owner" in out.stderr
 
-    # the session API (what the Experiments panel calls) forwards to the gate with the session's token
-    assert hub.spawn("alice").status_code in (201, 202)
-    hub.wait_ready("alice")
-    api = f"{hub.url}/user/alice/fedhub/api/experiments/{exp_id}/shares"
-    headers = {"Authorization": f"token {hub.tokens['alice']}"}
-    assert requests.get(api, headers=headers).json()["shares"] == [{"group": "lab", "permission": "EDIT"}]
-    r = requests.post(api, headers=headers, json={"group": "other", "permission": "read"})
-    assert r.status_code == 200 and r.json()["permission"] == "READ", r.text
-    r = requests.post(api, headers=headers, json={"group": "nope"})
-    assert r.status_code == 404 and r.json()["message"] == "No hub group 'nope'"
-    r = requests.post(api, headers=headers, json={"permission": "READ"})
-    assert r.status_code == 400 and "group" in r.json()["message"]
-    r = requests.delete(f"{api}/other", headers=headers)
-    assert r.status_code == 200 and r.json()["permission"] is None
-    assert requests.get(api, headers=headers).json()["shares"] == [{"group": "lab", "permission": "EDIT"}]

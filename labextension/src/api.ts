@@ -323,6 +323,47 @@ export function getReproduction(id: string): Promise<IReproduction> {
   return request<IReproduction>(['reproductions', id]);
 }
 
+/** A hub group an experiment is shared with, and what its members may do. */
+export interface IShare {
+  group: string;
+  permission: SharePermission;
+}
+
+export type SharePermission = 'READ' | 'USE' | 'EDIT' | 'MANAGE';
+export const SHARE_PERMISSIONS: SharePermission[] = ['READ', 'USE', 'EDIT', 'MANAGE'];
+
+export interface IShares {
+  experiment_id: string;
+  experiment_name: string;
+  shares: IShare[];
+}
+
+export function getShares(experimentId: string): Promise<IShares> {
+  return request<IShares>(['experiments', experimentId, 'shares']);
+}
+
+/** Share with a hub group (only the experiment's owner, MANAGE, may). */
+export function shareExperiment(
+  experimentId: string,
+  group: string,
+  permission: SharePermission
+): Promise<IShare> {
+  return request<IShare>(['experiments', experimentId, 'shares'], undefined, {
+    method: 'POST',
+    body: JSON.stringify({ group, permission }),
+    headers: { 'Content-Type': 'application/json' }
+  });
+}
+
+export function unshareExperiment(
+  experimentId: string,
+  group: string
+): Promise<IShare> {
+  return request<IShare>(['experiments', experimentId, 'shares', group], undefined, {
+    method: 'DELETE'
+  });
+}
+
 // ---------------------------------------------------------------- helpers
 
 /**

@@ -9,6 +9,7 @@ import * as api from './api';
 import { MetricChart, seriesColor } from './charts';
 import { append, formatTime, formatValue, h, replace } from './dom';
 import { experimentsIcon } from './icons';
+import { ShareSection } from './share';
 
 /** How many metric charts a run's details show at most. */
 const MAX_CHARTS = 12;
@@ -152,8 +153,10 @@ export class ExperimentsPanel extends Widget {
         { class: 'jp-fedhub-toolbar' },
         h('label', { for: 'jp-fedhub-experiment-select' }, 'Experiment'),
         this.experimentSelect,
-        this.refreshButton
+        this.refreshButton,
+        this.share.button
       ),
+      this.share.node,
       this.experimentsStatus,
       this.runsStatus,
       this.runsError,
@@ -259,6 +262,7 @@ export class ExperimentsPanel extends Widget {
       );
       if (!experiments.length) {
         this.experimentId = null;
+        this.share.setExperiment(null);
         this.experimentSelect.disabled = true;
         replace(
           this.experimentsStatus,
@@ -305,6 +309,7 @@ export class ExperimentsPanel extends Widget {
       return;
     }
     this.experimentId = id;
+    this.share.setExperiment(id);
     this.sort = null;
     this.tokens = [null];
     void this.loadRuns();
@@ -1181,6 +1186,7 @@ export class ExperimentsPanel extends Widget {
     );
   }
 
+  private readonly share = new ShareSection();
   private readonly mlflowLink: HTMLAnchorElement;
   private readonly experimentSelect: HTMLSelectElement;
   private readonly refreshButton: HTMLButtonElement;
