@@ -70,7 +70,17 @@ class FedhubUp(Application):
         help="Leave single-user servers running when the hub stops, to reconnect on the next start.")
     authenticator = Unicode(
         "shared-password", config=True,
-        help="JupyterHub authenticator (entry point name or class). Default: one shared password.")
+        help="Login: shared-password (default, one password for a class), tmp (a temporary account per "
+             "visitor), oidc (an OpenID Connect provider; settings in the data dir's identity.yaml, "
+             "docs/identity.md), or any JupyterHub authenticator entry point name or class.")
+    identity_file = Unicode(
+        "", config=True,
+        help="OIDC provider settings (with --authenticator oidc). Default: identity.yaml in the data dir.")
+    policy_file = Unicode(
+        "", config=True,
+        help="Governance policy: group grants (sites, GPU types, GPU quotas, datasets) and the dataset "
+             "catalogue (docs/governance.md). Default: policy.yaml in the data dir, if present; none: "
+             "every user may use every site.")
     admin_users = List(Unicode(), config=True, help="User names that are hub admins.")
     start_timeout = Int(600, config=True, help="Seconds one spawn may take, including its wait in the start queue.")
     dry_run = Bool(False, config=True, help="Prepare and validate, print the settings, do not start.")
@@ -79,6 +89,7 @@ class FedhubUp(Application):
         "ip": "FedhubUp.ip", "port": "FedhubUp.port", "data-dir": "FedhubUp.data_dir",
         "catalogue": "FedhubUp.catalogue_file", "config": "FedhubUp.config_file",
         "authenticator": "FedhubUp.authenticator", "admin": "FedhubUp.admin_users",
+        "policy": "FedhubUp.policy_file", "identity": "FedhubUp.identity_file",
     }
     flags = {
         "no-mlflow": ({"FedhubUp": {"mlflow": False}}, "Do not run MLflow."),
@@ -103,7 +114,16 @@ class FedhubUp(Application):
         catalogue = Path(self.catalogue_file).resolve() if self.catalogue_file else data / "sites.yaml"
         if not self.catalogue_file and not catalogue.exists():
             catalogue.write_text(DEFAULT_CATALOGUE_YAML)
-        catalogue_from_dict(read_yaml(catalogue), catalogue.name)  # raises CatalogueError
+        cat = catalogue_from_dict(read_yaml(catalogue), catalogue.name)  # raises CatalogueError
+        policy = Path(self.policy_file).resolve() if self.policy_file else data / "policy.yaml"
+        if self.policy_file or policy.exists():
+            from .policy import load_policy
+            load_policy(policy, cat)  # raises PolicyError (a CatalogueError)
+        oidc = None
+        if self.authenticator == "oidc":
+            from .identity import discover, load_identity
+            identity = Path(self.identity_file).resolve() if self.identity_file else data / "identity.yaml"
+            oidc = discover(load_identity(identity), identity.name)  # raises IdentityError
 
         # stable internal ports: running sessions keep the hub's API URL across restarts
         ports = self._load_json(data / "ports.json")
@@ -135,6 +155,7 @@ class FedhubUp(Application):
             "keep_servers": self.keep_servers, "authenticator": self.authenticator,
             "admin_users": list(self.admin_users), "proxy_command": proxy,
             "extra_configs": [str(Path(p).resolve()) for p in extra], "start_timeout": self.start_timeout,
+            "policy_file": str(policy) if policy.exists() else "", "oidc": oidc,
         }
         (data / "fedhub-up.json").write_text(json.dumps(settings, indent=1))
         (data / "fedhub-up.json").chmod(0o600)
@@ -155,7 +176,9 @@ class FedhubUp(Application):
         try:
             settings = self.prepare()
         except CatalogueError as e:
-            print(f"fedhub up: invalid site catalogue: {e}", file=sys.stderr)
+            what = ("identity settings" if e.source.startswith("identity") or e.path.startswith("oidc")
+                    else "policy" if e.source.startswith("policy") else "site catalogue")
+            print(f"fedhub up: invalid {what}: {e}", file=sys.stderr)
             raise SystemExit(2)
         print(self.banner(settings), flush=True)
         if self.dry_run:

@@ -22,6 +22,7 @@ FEDHUB_SCOPES = {
     "custom:fedhub:provenance:write": {"description": "Record your runs in the provenance ledger."},
     "custom:fedhub:jobs:read": {"description": "See your own federated jobs, their rounds, metrics and logs."},
     "custom:fedhub:federate": {"description": "Launch and cancel federated (Flower) jobs on the sites you may use."},
+    "custom:fedhub:datasets:read": {"description": "See the datasets you may use, their self-descriptions and usage policies."},
 }
 
 
@@ -44,22 +45,19 @@ def configure(c, s: dict) -> None:
     c.ConfigurableHTTPProxy.command = [s["proxy_command"]]
     c.ConfigurableHTTPProxy.pid_file = str(data / "proxy.pid")
 
-    # identity: a shared password by default (a workshop or one researcher's machine)
-    c.JupyterHub.authenticator_class = s.get("authenticator", "shared-password")
-    if c.JupyterHub.authenticator_class in ("shared-password", "dummy"):
-        # a shared password admits whoever knows it; other authenticators keep their own allow rules
-        c.Authenticator.allow_all = True
-    if c.JupyterHub.authenticator_class == "shared-password":
-        c.SharedPasswordAuthenticator.user_password = s["shared_password"]
-        if s.get("admin_users") and s.get("admin_password"):
-            c.SharedPasswordAuthenticator.admin_password = s["admin_password"]
-    if s.get("admin_users"):
-        c.Authenticator.admin_users = set(s["admin_users"])
+    # identity: a shared password by default (a workshop or one researcher's machine);
+    # tmp logins, or OIDC with claims -> groups (fedhub.hub.identity, docs/identity.md)
+    from .identity import configure_authenticator
+    _public_ip = "127.0.0.1" if s["ip"] in ("", "0.0.0.0") else s["ip"]
+    configure_authenticator(c, {**s, "public_url_resolved": (s.get("public_url") or
+                                                             f"http://{_public_ip}:{s['port']}").rstrip("/")})
 
     # where sessions run
     c.JupyterHub.spawner_class = "federated"
     c.FederatedSpawner.catalogue_file = s["catalogue_file"]
     c.FederatedSpawner.state_dir = str(data / "state")
+    if s.get("policy_file"):  # governance: group grants, quotas, datasets (docs/governance.md)
+        c.FederatedSpawner.policy_file = s["policy_file"]
     c.LocalSiteSpawner.home_dir_template = str(data / "homes" / "{username}")
     c.SlurmSiteSpawner.home_dir_template = str(data / "homes" / "{username}")
     c.Spawner.cmd = [str(venv_bin() / "jupyterhub-singleuser")]
@@ -86,7 +84,9 @@ def configure(c, s: dict) -> None:
     c.JupyterHub.load_roles = [{"name": "user", "scopes": user_scopes},
                                {"name": "server", "scopes": server_scopes},
                                # the API service mints least-scope tokens for edge devices
-                               {"name": "fedhub-service", "services": ["fedhub"], "scopes": ["tokens"]}]
+                               {"name": "fedhub-service", "services": ["fedhub"],
+                                # groups: the dataset and federated-job policies depend on them
+                                "scopes": ["tokens", "read:users:groups", "read:groups"]}]
 
     python = sys.executable
     services = [{
@@ -110,7 +110,9 @@ def configure(c, s: dict) -> None:
         # the MLflow gate checks that a hub group exists before sharing an experiment with it
         c.JupyterHub.load_roles.append({"name": "fedhub-mlflow-gate", "services": ["mlflow"],
                                         "scopes": ["read:groups:name"]})
-    services[0]["environment"] = {"FEDHUB_DEPLOY_SETTINGS": json.dumps(deploy_settings(s))}
+    services[0]["environment"] = {"FEDHUB_DEPLOY_SETTINGS": json.dumps(deploy_settings(s)),
+                                  "FEDHUB_POLICY_FILE": s.get("policy_file", ""),
+                                  "FEDHUB_CATALOGUE_FILE": str(s["catalogue_file"])}
     if s.get("inference", True):
         services.append({
             "name": "inference",

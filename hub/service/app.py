@@ -23,6 +23,7 @@ from tornado.log import app_log
 from .base import APIError, FedhubAPIHandler
 from .provenance import (ProvenanceChainHandler, ProvenanceHandler, ProvenanceRecordHandler,
                          ProvenanceVerifyHandler, SessionRecorder, ledger_of)
+from .datasets import ROUTES as DATASET_ROUTES
 from .deployments import ROUTES as DEPLOYMENT_ROUTES
 from .deployments import manager_of
 from .jobs import ROUTES as JOB_ROUTES
@@ -52,6 +53,7 @@ ROUTES = [
     ("api/sites", SitesHandler),
     (r"api/sites/(?P<name>[^/]+)", SiteHandler),
     ("api/sessions", SessionsHandler),
+    *DATASET_ROUTES,
     ("api/provenance", ProvenanceHandler),
     ("api/provenance/chain", ProvenanceChainHandler),
     ("api/provenance/verify", ProvenanceVerifyHandler),

@@ -48,6 +48,25 @@ class _JobsBase(FedhubAPIHandler):
         """The hub token of this request: the job logs to MLflow as its owner with it."""
         return self.hub_auth.get_token(self) or ""
 
+    async def check_dataset_policy(self, body) -> None:
+        """Federated jobs run only on sites whose datasets' policies allow federated-training to
+        the caller's groups (the datasets the body names, else every catalogued one at those sites)."""
+        from .datasets import federated_training_refusal, groups_of, policy_of
+        if not isinstance(body, dict):
+            return  # validate_request names the problem
+        datasets = body.pop("datasets", None)
+        policy = policy_of(self.settings)
+        sites = body.get("sites")
+        if isinstance(sites, str):
+            sites = [s.strip() for s in sites.split(",") if s.strip()]
+        if policy is None or not isinstance(sites, list) or not all(isinstance(s, str) for s in sites):
+            if datasets is not None and policy is None:
+                raise APIError(400, "datasets: this hub has no dataset catalogue (no policy file)")
+            return
+        refusal = federated_training_refusal(policy, await groups_of(self), sites, datasets)
+        if refusal:
+            raise APIError(403 if refusal.startswith("sites:") else 400, refusal)
+
     def call(self, fn, *args):
         from fedhub.hub.federation.jobs import JobError
         try:
@@ -62,11 +81,12 @@ class JobsHandler(_JobsBase):
         self.write_json({"jobs": [j.public() for j in self.federation.list(self.user())]})
 
     @web.authenticated
-    def post(self):
+    async def post(self):
         try:
             body = json.loads(self.request.body or b"{}")
         except ValueError:
             raise APIError(400, "expected a JSON body with app, sites and rounds")
+        await self.check_dataset_policy(body)
         job = self.call(self.federation.create, self.user(), self.caller_token(), body)
         self.set_header("Location", f"jobs/{job.id}")
         self.write_json(job.public(), status=201)
