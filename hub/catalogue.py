@@ -81,7 +81,9 @@ class Site:
     max_sessions: int | None = None
     datasets: tuple[str, ...] = ()
     options: dict = field(default_factory=dict, hash=False, compare=False)
-    federated: bool = True  # may federated (Flower) jobs run a SuperNode here?
+    #: may federated (Flower) jobs run a SuperNode here? A mapping {data_path} also says where
+    #: the site's data for them lies (passed to the app as node config `data-path`)
+    federated: bool | dict = True
 
     @property
     def gpu_types(self) -> tuple[str, ...]:
@@ -236,8 +238,12 @@ def catalogue_from_dict(doc: Any, source: str = "<catalogue>") -> Catalogue:
         if not isinstance(options, dict):
             r.fail(f"{p}.options", "a mapping of backend options", options)
         federated = raw.get("federated", True)
-        if not isinstance(federated, bool):
-            r.fail(f"{p}.federated", "true or false (may federated jobs use this site?)", federated)
+        if isinstance(federated, dict):
+            r.mapping(federated, f"{p}.federated", {"data_path"})
+            r.string(federated.get("data_path", ""), f"{p}.federated.data_path")
+        elif not isinstance(federated, bool):
+            r.fail(f"{p}.federated", "true, false or a mapping {data_path} (may federated jobs use this site?)",
+                   federated)
         sites.append(Site(
             name=name, kind=kind,
             cpus=r.positive_number(raw["cpus"], f"{p}.cpus") if "cpus" in raw else 0.0,

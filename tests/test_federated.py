@@ -197,7 +197,7 @@ def test_sites_offered_for_federated_jobs_with_reasons(hub, scenario):
     sites = wait_for(lambda: sites_ready(hub, token), what="Slurm site up")
     assert sites["local-a"]["allowed"] and "process" in sites["local-a"]["reason"]
     assert sites["hpc"]["allowed"] and "Slurm batch job" in sites["hpc"]["reason"]
-    assert sites["closed"] == {"name": "closed", "kind": "local", "allowed": False, "datasets": [],
+    assert sites["closed"] == {"name": "closed", "kind": "local", "allowed": False, "datasets": [], "data_path": "",
                                "reason": "the catalogue marks this site federated: false"}
 
 

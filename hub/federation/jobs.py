@@ -40,10 +40,11 @@ class SiteOffer:
     reason: str
     options: dict = field(default_factory=dict, compare=False)
     datasets: tuple = ()
+    data_path: str = ""  # the site's data for federated jobs (node config data-path), if set
 
     def public(self) -> dict:
         return {"name": self.name, "kind": self.kind, "allowed": self.allowed, "reason": self.reason,
-                "datasets": list(self.datasets)}
+                "datasets": list(self.datasets), "data_path": self.data_path}
 
 
 @dataclass(frozen=True)

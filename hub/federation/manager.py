@@ -91,7 +91,7 @@ class FederatedJobs(LoggingConfigurable):
         for site in cat.sites:
             state = live.get(site.name)
             allowed, reason = True, ""
-            if not getattr(site, "federated", True):
+            if site.federated is False:
                 allowed, reason = False, "the catalogue marks this site federated: false"
             elif site.kind == "kubernetes":
                 allowed, reason = False, ("SuperNodes on Kubernetes sites are built as pod manifests, "
@@ -103,8 +103,9 @@ class FederatedJobs(LoggingConfigurable):
             else:
                 part = site.options.get("partition")
                 reason = "SuperNode as a Slurm batch job" + (f" in partition {part}" if part else "")
+            data_path = str(site.federated.get("data_path", "")) if isinstance(site.federated, dict) else ""
             out[site.name] = SiteOffer(site.name, site.kind, allowed, reason, dict(site.options),
-                                       tuple(site.datasets))
+                                       tuple(site.datasets), data_path)
         return out
 
     # ---------------------------------------------------------------- jobs

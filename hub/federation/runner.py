@@ -267,8 +267,7 @@ class JobRunner:
             if offer is None or not offer.allowed:
                 raise JobFailed(f"site {site} is no longer offered for federated jobs: "
                                 f"{offer.reason if offer else 'not in the catalogue'}")
-            data_path = str(offer.options.get("federated_data_path", "")) if offer.options else ""
-            config = supernodes.node_config(i, n, site, data_path)
+            config = supernodes.node_config(i, n, site, offer.data_path)
             node_dir = self.dir / "nodes" / site
             try:
                 if offer.kind == "local":

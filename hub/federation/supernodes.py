@@ -40,13 +40,15 @@ def node_config(index: int, count: int, site: str, data_path: str = "") -> dict:
 
 def node_config_arg(config: dict) -> str:
     """--node-config text: space-separated k=v, strings quoted TOML-style."""
-    def value(v):
+    def value(k, v):
         if isinstance(v, bool):
             return "true" if v else "false"
         if isinstance(v, (int, float)):
             return str(v)
-        return '"' + str(v).replace("\\", "\\\\").replace('"', '\\"') + '"'
-    return " ".join(f"{k}={value(v)}" for k, v in config.items())
+        if '"' in str(v):
+            raise ValueError(f"node config {k}: Flower node config strings cannot hold a double quote")
+        return f'"{v}"'
+    return " ".join(f"{k}={value(k, v)}" for k, v in config.items())
 
 
 def supernode_command(superlink: str, config: dict, port: int | str, bin_dir: str = "") -> list[str]:
