@@ -17,6 +17,7 @@ import subprocess
 import sys
 import threading
 import time
+import warnings
 import zipfile
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
@@ -27,6 +28,7 @@ import pytest
 import tritonclient.http as httpclient
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from sklearn.datasets import load_digits
+from sklearn.exceptions import ConvergenceWarning
 from sklearn.neural_network import MLPClassifier
 from tritonclient.utils import InferenceServerException
 
@@ -47,7 +49,9 @@ def digits_model(tmp_path_factory):
     and a held-out sample it never saw."""
     X, y = load_digits(return_X_y=True)
     X = X / 16.0
-    mlp = MLPClassifier(hidden_layer_sizes=(64,), max_iter=120, random_state=0).fit(X[:1400], y[:1400])
+    with warnings.catch_warnings():  # few iterations on purpose: fast, and accurate enough
+        warnings.simplefilter("ignore", ConvergenceWarning)
+        mlp = MLPClassifier(hidden_layer_sizes=(64,), max_iter=120, random_state=0).fit(X[:1400], y[:1400])
     path = tmp_path_factory.mktemp("fp32") / "digits.onnx"
     path.write_bytes(sklearn_to_onnx(mlp, [Tensor("input", "FP32", (-1, 64))]).SerializeToString())
     return path, X[1400:], y[1400:]
@@ -271,8 +275,12 @@ def test_bundle_for_deployment_from_a_packaged_repository_entry(digits_model, hu
     packaged = package_model(path, tmp_path / "repo", "digits-edge", version=4)
     np.savez(tmp_path / "held.npz", X=X, y=y)
     record = {"id": "d0c0ffee", "owner": "alice", "name": "digits", "model_name": "alice--digits", "target": "edge:field"}
+    lines = []
     archive = build_bundle_for_deployment(packaged.model_dir, tmp_path / "out", hub_state, record, 4,
-                                          {"held_out": str(tmp_path / "held.npz")})
+                                          {"held_out": str(tmp_path / "held.npz")}, progress=lines.append)
+    assert lines == ["quantising to int8 (onnxruntime dynamic quantisation)",
+                     f"comparing fp32 and int8 on {len(y)} held-out rows",
+                     f"signing the manifest with the hub key {fmt.key_id(hub_key(hub_state).public_key())}"]
     manifest = read_manifest(archive)
     assert (manifest["name"], manifest["version"], manifest["provenance_id"]) == ("alice--digits", "4", "d0c0ffee")
     assert manifest["deployment"] == {"id": "d0c0ffee", "owner": "alice", "target": "edge:field"}
@@ -442,6 +450,17 @@ def test_fedhub_edge_console_script_serves_the_assigned_bundle(hub_api, bundles,
         proc.terminate()
         proc.wait(timeout=15)
     assert proc.returncode == 0
+
+
+def test_the_agent_imports_nothing_beyond_its_edge_dependencies():
+    """`pip install fedhub[edge]` is onnxruntime, numpy, requests, cryptography: the agent must
+    not pull in the hub's stack (checked in a fresh interpreter)."""
+    hub_stack = ["jupyterhub", "tornado", "grpc", "tritonclient", "mlflow", "onnx", "skl2onnx", "torch",
+                 "google", "sklearn", "kubespawner", "kubernetes_asyncio", "traitlets", "yaml", "flwr"]
+    code = ("import sys, json; import fedhub.hub.deploy.edge.agent; "
+            f"print(json.dumps(sorted({{m.split('.')[0] for m in sys.modules}} & set({hub_stack!r}))))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60, check=True)
+    assert json.loads(out.stdout) == []
 
 
 def test_bad_settings_and_payloads_are_named():

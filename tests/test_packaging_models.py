@@ -121,6 +121,13 @@ def test_pytorch_model_from_a_run_becomes_a_batching_repository_entry(store, dig
             np.testing.assert_allclose(out, store["net"](torch.from_numpy(x)).numpy(), atol=1e-4)
 
 
+def test_packaging_reports_each_step(store, tmp_path):
+    lines = []
+    package_model("models:/digits-clf/1", tmp_path / "repo", "steps", tracking_uri=store["uri"], progress=lines.append)
+    assert lines == ["fetching models:/digits-clf/1", "converting the sklearn model to ONNX (skl2onnx)",
+                     "writing steps/config.pbtxt and steps/1/model.onnx"]
+
+
 def test_onnx_file_is_packaged_from_its_graph(store, digits, tmp_path):
     X, _, X_test, _ = digits
     model = sklearn_to_onnx(store["clf"], [Tensor("pixels", "FP32", (-1, 64))])

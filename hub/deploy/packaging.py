@@ -20,7 +20,7 @@ import shutil
 import tempfile
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Iterable, Sequence
+from typing import Callable, Iterable, Sequence
 
 import numpy as np
 
@@ -319,9 +319,12 @@ def _write_repository_entry(model_bytes_or_path, repository: Path, name: str, ve
 
 def package_model(source: str | Path, repository: str | Path, name: str, version: int = 1, *,
                   tracking_uri: str | None = None, max_batch_size: int = DEFAULT_MAX_BATCH_SIZE,
-                  dynamic_batching: bool = True) -> PackagedModel:
-    """Write `repository/name/config.pbtxt` and `repository/name/version/model.onnx`."""
+                  dynamic_batching: bool = True, progress: Callable[[str], None] | None = None) -> PackagedModel:
+    """Write `repository/name/config.pbtxt` and `repository/name/version/model.onnx`.
+    `progress`, if given, is called with a line per step (fetch, convert, write)."""
     import onnx
+
+    say = progress or (lambda message: None)
 
     check_model_name(name)
     if not isinstance(version, int) or version < 1:
@@ -339,6 +342,7 @@ def package_model(source: str | Path, repository: str | Path, name: str, version
         except Exception as exc:
             raise PackagingError(f"{source}: not an ONNX model: {exc}") from None
         config = config_for_graph(name, model, **opts)
+        say(f"writing {name}/config.pbtxt and {name}/{version}/{MODEL_FILE}")
         model_dir, target = _write_repository_entry(path, repository, name, version, config)
         return PackagedModel(name, version, model_dir, target, config, source, "onnx")
 
@@ -348,6 +352,7 @@ def package_model(source: str | Path, repository: str | Path, name: str, version
     from mlflow.models import Model
 
     with tempfile.TemporaryDirectory(prefix="fedhub-package-") as tmp:
+        say(f"fetching {source}")
         local = _mlflow_local_dir(source, Path(tmp), tracking_uri)
         try:
             mlmodel = Model.load(str(local))
@@ -364,6 +369,7 @@ def package_model(source: str | Path, repository: str | Path, name: str, version
             onnx_path = local / mlmodel.flavors["onnx"].get("data", MODEL_FILE)
             model = onnx.load(str(onnx_path))
             config = config_for_graph(name, model, signature=signature, **opts)
+            say(f"writing {name}/config.pbtxt and {name}/{version}/{MODEL_FILE}")
             model_dir, target = _write_repository_entry(onnx_path, repository, name, version, config)
             return PackagedModel(name, version, model_dir, target, config, source, flavour)
         if signature is None or not signature.inputs or not signature.outputs:
@@ -372,6 +378,7 @@ def package_model(source: str | Path, repository: str | Path, name: str, version
         declared = config_from_signature(name, signature, **opts)  # fails early on bad signatures
         inputs = signature_tensors(signature.inputs, "input")
         outputs = signature_tensors(signature.outputs, "output")
+        say(f"converting the {flavour} model to ONNX ({'skl2onnx' if flavour == 'sklearn' else 'torch.onnx'})")
         if flavour == "sklearn":
             import mlflow.sklearn
             model = sklearn_to_onnx(mlflow.sklearn.load_model(str(local)), inputs)
@@ -383,6 +390,7 @@ def package_model(source: str | Path, repository: str | Path, name: str, version
         config = config_for_graph(name, model, signature=signature, **opts)
         if bool(config.max_batch_size) != bool(declared.max_batch_size):
             raise PackagingError(f"{source}: the converted graph does not batch as the signature declares")
+        say(f"writing {name}/config.pbtxt and {name}/{version}/{MODEL_FILE}")
         model_dir, target = _write_repository_entry(model.SerializeToString(), repository, name, version, config)
         return PackagedModel(name, version, model_dir, target, config, source, flavour)
 

@@ -15,6 +15,7 @@ import shutil
 import tempfile
 import time
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 import onnxruntime as ort
@@ -106,18 +107,24 @@ def compare(fp32_model: Path, int8_model: Path, X: np.ndarray | None = None, y: 
 
 def build_bundle(fp32_model: str | Path, out_dir: str | Path, *, name: str, version: int | str, key,
                  held_out: tuple[np.ndarray, np.ndarray] | None = None, provenance_id: str = "",
-                 extra: dict | None = None) -> Path:
-    """Quantise, score, sign and pack: returns `out_dir/NAME-VERSION.fedhub-edge.zip`."""
+                 extra: dict | None = None, progress: Callable[[str], None] | None = None) -> Path:
+    """Quantise, score, sign and pack: returns `out_dir/NAME-VERSION.fedhub-edge.zip`.
+    `progress`, if given, is called with a line per step."""
+    say = progress or (lambda message: None)
     fp32_model = Path(fp32_model)
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(prefix="fedhub-bundle-") as tmp:
         content = Path(tmp) / "bundle"
         content.mkdir()
+        say("quantising to int8 (onnxruntime dynamic quantisation)")
         int8_model = quantize_int8(fp32_model, content / fmt.MODEL)
         X, y = held_out if held_out is not None else (None, None)
+        say(f"comparing fp32 and int8 on {len(X)} held-out rows" if X is not None
+            else f"comparing fp32 and int8 on {SAMPLE_ROWS} synthetic rows (no held-out sample)")
         accuracy = compare(fp32_model, int8_model, X, y)
         inputs, outputs = tensors(ort.InferenceSession(str(int8_model), providers=["CPUExecutionProvider"]))
+        say(f"signing the manifest with the hub key {fmt.key_id(key.public_key())}")
         fmt.sign_directory(content, {
             "name": name, "version": str(version), "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
             "provenance_id": provenance_id, "inputs": inputs, "outputs": outputs,
@@ -153,7 +160,7 @@ def load_held_out(path: str | Path) -> tuple[np.ndarray, np.ndarray]:
 
 
 def build_bundle_for_deployment(staged: str | Path, out_dir: str | Path, state_dir: str | Path, record: dict,
-                                version: int, options: dict) -> Path:
+                                version: int, options: dict, progress: Callable[[str], None] | None = None) -> Path:
     """The deployment manager's step: the packaged repository entry (staged = REPO/NAME with
     config.pbtxt and VERSION/model.onnx) -> a bundle in out_dir, signed with the hub's key.
     options: `held_out` (an .npz with X and y on the hub) for accuracy figures."""
@@ -172,4 +179,4 @@ def build_bundle_for_deployment(staged: str | Path, out_dir: str | Path, state_d
                             key=hub_key(state_dir), held_out=held_out,
                             provenance_id=str(record.get("provenance_id") or record.get("id") or ""),
                             extra={"deployment": {"id": record.get("id"), "owner": record.get("owner"),
-                                                  "target": record.get("target")}})
+                                                  "target": record.get("target")}}, progress=progress)
