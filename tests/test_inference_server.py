@@ -527,6 +527,38 @@ async def test_embedded_server_checks_bearer_tokens_when_asked(tmp_path):
         await server.stop()
 
 
+async def test_unload_lets_queued_requests_finish_and_refuses_later_ones(tmp_path):
+    """In-process, so the test knows the requests are queued before it unloads."""
+    import asyncio
+
+    from fedhub.hub.deploy.inference import InferRequest, Tensor
+    from fedhub.hub.deploy.server import InferenceServer
+    from fedhub.hub.deploy.tensors import Unavailable
+
+    inference_models.python_batch_recorder(tmp_path, delay_us=2_000_000, sleep_s=0.01)
+    server = await InferenceServer(tmp_path, http_port=0, grpc_port=0).start()
+    try:
+        model = server.repository.get("recorder")
+        inputs = [np.full((1, 4), i, dtype=np.float32) for i in range(4)]
+        tasks = [asyncio.create_task(model.infer(InferRequest(
+            "recorder", inputs={"INPUT0": Tensor("INPUT0", "FP32", [1, 4], x)}))) for x in inputs]
+        deadline = time.monotonic() + 20
+        while model.scheduler.pending() < 4:  # all four wait out the 2 s queue delay
+            assert time.monotonic() < deadline, model.scheduler.pending()
+            await asyncio.sleep(0.01)
+        started = time.monotonic()
+        await server.repository.unload("recorder")  # returns once the queue has drained
+        assert time.monotonic() - started < 1.5  # the gathered batch went at once, not after 2 s
+        responses = await asyncio.wait_for(asyncio.gather(*tasks), 5)
+        for x, response in zip(inputs, responses):
+            np.testing.assert_array_equal(response.outputs[0].data, x * 2)
+        assert not server.repository.is_ready("recorder")
+        with pytest.raises(Unavailable):
+            await model.infer(InferRequest("recorder", inputs={"INPUT0": Tensor("INPUT0", "FP32", [1, 4], inputs[0])}))
+    finally:
+        await server.stop()
+
+
 # ------------------------------------------------------------------------ config.pbtxt
 def test_config_errors_name_the_file_line_and_field(tmp_path):
     (tmp_path / "m").mkdir()

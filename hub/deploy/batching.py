@@ -59,6 +59,7 @@ class Scheduler:
         self._closed = False
         self._seconds_per_row: float | None = None  # moving average of measured executions
         self._running = 0  # executions in progress
+        self._forming: list = []  # the batch being gathered (already off the queue)
 
     def start(self) -> None:
         if self.batching and not self._workers:
@@ -69,6 +70,8 @@ class Scheduler:
             raise Unavailable(f"model '{request.model_name}' is being unloaded")
         if not self.batching:
             async with self._slots:
+                if self._closed:  # unloaded while this request waited for an instance
+                    raise Unavailable(f"model '{request.model_name}' is being unloaded")
                 result = (await self._execute([request]))[0]
         elif not self._queue and not self._running and self.delay == 0 and self._runs_inline(request):
             # nothing to batch with and nothing running: the batcher would dispatch this request
@@ -83,16 +86,20 @@ class Scheduler:
             raise result
         return result
 
+    def pending(self) -> int:
+        """Requests waiting for a batch to be dispatched."""
+        return len(self._queue) + len(self._forming)
+
     async def close(self) -> None:
-        """Stop taking requests; let queued and running ones finish."""
+        """Stop taking requests; let queued and running ones finish (a batch being gathered
+        is dispatched at once instead of waiting out its queue delay)."""
         self._closed = True
-        while self._queue:
-            await asyncio.sleep(0.01)
+        self._arrived.set()
+        while self.pending() or self._running:
+            await asyncio.sleep(0.005)
         for task in self._workers:
             task.cancel()
         await asyncio.gather(*self._workers, return_exceptions=True)
-        async with self._slots:  # wait for an unbatched request still running
-            pass
 
     # ---------------------------------------------------------------- internals
     def _rows(self, request: InferRequest) -> int:
@@ -102,7 +109,7 @@ class Scheduler:
         while not self._queue:
             self._arrived.clear()
             await self._arrived.wait()
-        batch = [self._queue.popleft()]
+        batch = self._forming = [self._queue.popleft()]
         rows = self._rows(batch[0][0])
         deadline = time.monotonic() + self.delay
         target = self.preferred[-1] if self.preferred else self.max_rows
@@ -114,7 +121,7 @@ class Scheduler:
                 batch.append(self._queue.popleft())
                 rows += next_rows
                 continue
-            if rows in self.preferred:
+            if rows in self.preferred or self._closed:
                 break
             remaining = deadline - time.monotonic()
             if remaining <= 0:
@@ -124,6 +131,7 @@ class Scheduler:
                 await asyncio.wait_for(self._arrived.wait(), remaining)
             except asyncio.TimeoutError:
                 break
+        self._forming = []
         return batch
 
     async def _batch_loop(self) -> None:
