@@ -141,6 +141,23 @@ def test_onnx_file_is_packaged_from_its_graph(store, digits, tmp_path):
     np.testing.assert_array_equal(out["label"], store["clf"].predict(X_test[:9]))
 
 
+def test_mlflow_onnx_flavour_is_packaged_unchanged_with_its_signature(store, digits, tmp_path):
+    import mlflow.onnx
+
+    _, _, X_test, _ = digits
+    model = sklearn_to_onnx(store["clf"], [Tensor("input", "FP32", (-1, 64))])
+    local = tmp_path / "onnx-model"
+    x = X_test[:4].astype(np.float32)
+    mlflow.onnx.save_model(model, str(local), pip_requirements=["onnxruntime"],
+                           signature=infer_signature(x, store["clf"].predict(X_test[:4])))
+    packaged = package_model(local, tmp_path / "repo", "onnx-flavour")
+    assert packaged.flavour == "onnx"
+    assert packaged.model_file.read_bytes() == model.SerializeToString()
+    assert read_config(packaged.model_dir).max_batch_size == 64
+    out = run_onnx(packaged.model_file, {"input": x})
+    np.testing.assert_array_equal(out["label"], store["clf"].predict(X_test[:4]))
+
+
 def test_config_pbtxt_round_trips_through_the_protobuf(packaged):
     for entry in (packaged["digits"], packaged["net"]):
         text = (entry.model_dir / "config.pbtxt").read_text()
