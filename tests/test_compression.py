@@ -158,3 +158,11 @@ def test_array_record_round_trip_and_passthrough(rng):
     np.testing.assert_array_equal(restored["steps"].numpy(), steps)
     assert restored["odd"].data == b"12345678"
     assert c.decompress_record(record) is record  # plain records pass unchanged
+
+
+def test_blob_header_carries_the_senders_info(rng):
+    x = rng.standard_normal(50).astype(np.float32)
+    blob = c.pack({"w": x}, "int8", info={"how": "delta", "view-crc": 12345})
+    assert c.unpack_info(blob) == {"how": "delta", "view-crc": 12345}
+    assert c.unpack_info(c.pack({"w": x}, "none")) == {}
+    np.testing.assert_array_equal(c.unpack(c.pack({"w": x}, "none"))["w"], x)

@@ -133,8 +133,11 @@ def check_options(codec: str, fraction: float = 0.1, value_bits: int = 32) -> No
 
 
 def pack(arrays: dict[str, np.ndarray], codec: str, *, fraction: float = 0.1,
-         value_bits: int = 32) -> bytes:
-    """Encode named tensors into one blob; non-float tensors are kept raw."""
+         value_bits: int = 32, info: dict | None = None) -> bytes:
+    """Encode named tensors into one blob; non-float tensors are kept raw.
+
+    `info` is a small JSON-able dict carried in the header (see :func:`unpack_info`).
+    """
     check_options(codec, fraction, value_bits)
     entries, payloads = [], []
     for name, value in arrays.items():
@@ -143,18 +146,27 @@ def pack(arrays: dict[str, np.ndarray], codec: str, *, fraction: float = 0.1,
         meta.update(name=name, nbytes=len(payload))
         entries.append(meta)
         payloads.append(payload)
-    header = json.dumps(entries, separators=(",", ":")).encode()
+    header = json.dumps({"t": entries, "i": info or {}}, separators=(",", ":")).encode()
     return _MAGIC + struct.pack("<I", len(header)) + header + b"".join(payloads)
+
+
+def _header(blob: bytes) -> tuple[dict, int]:
+    if blob[:4] != _MAGIC:
+        raise ValueError("not a fedhub packed blob")
+    (header_len,) = struct.unpack("<I", blob[4:8])
+    return json.loads(blob[8:8 + header_len]), 8 + header_len
+
+
+def unpack_info(blob: bytes) -> dict:
+    """The `info` dict :func:`pack` was given."""
+    return _header(blob)[0]["i"]
 
 
 def unpack(blob: bytes) -> dict[str, np.ndarray]:
     """Decode a blob made by :func:`pack` (dtype and shape as they were)."""
-    if blob[:4] != _MAGIC:
-        raise ValueError("not a fedhub packed blob")
-    (header_len,) = struct.unpack("<I", blob[4:8])
-    entries = json.loads(blob[8:8 + header_len])
-    offset, out = 8 + header_len, {}
-    for meta in entries:
+    header, offset = _header(blob)
+    out = {}
+    for meta in header["t"]:
         out[meta["name"]] = _decode_one(meta, blob[offset:offset + meta["nbytes"]])
         offset += meta["nbytes"]
     return out
@@ -175,7 +187,8 @@ class ErrorFeedback:
         self.fraction, self.value_bits = fraction, value_bits
         self.residual: dict[str, np.ndarray] = dict(residual or {})
 
-    def compress(self, update: dict[str, np.ndarray]) -> tuple[bytes, dict[str, np.ndarray]]:
+    def compress(self, update: dict[str, np.ndarray],
+                 info: dict | None = None) -> tuple[bytes, dict[str, np.ndarray]]:
         """(blob, what the receiver will decode) for this round's update."""
         corrected = {}
         for name, value in update.items():
@@ -184,7 +197,7 @@ class ErrorFeedback:
             if _is_compressible(x) and previous is not None and previous.shape == x.shape:
                 x = (x.astype(np.float64) + previous).astype(x.dtype)
             corrected[name] = x
-        blob = pack(corrected, "topk", fraction=self.fraction, value_bits=self.value_bits)
+        blob = pack(corrected, "topk", fraction=self.fraction, value_bits=self.value_bits, info=info)
         sent = unpack(blob)
         for name, x in corrected.items():
             if _is_compressible(x):

@@ -11,8 +11,9 @@
   round, phase, per-node metrics and ArrayRecord bytes, weighted aggregates. Events are
   best effort: a failure to write them never breaks the run.
 
-The server decides the codec and tells the client in a ConfigRecord (``MARKER``) next to
-the arrays, so the ClientApp side needs no configuration. Like compression.py, this file
+The server decides the codec and tells the client in the header of each packed blob
+("how": full or delta, and the uplink options), so the ClientApp side needs no
+configuration and no extra record travels with the arrays. Like compression.py, this file
 is copied into the prepared app and imports nothing of fedhub.
 """
 
@@ -27,17 +28,15 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 
 import numpy as np
-from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MetricRecord, RecordDict
+from flwr.app import ArrayRecord, Context, Message, MetricRecord, RecordDict
 from flwr.clientapp import ClientApp
 from flwr.serverapp import Grid, ServerApp
 
 from . import compression as codec
 
-MARKER = "fedhub.codec"      # ConfigRecord: {record key: "full" | "delta", options...}
 VIEW_PREFIX = "fedhub.view."          # Context.state: the model this node holds
 RESIDUAL_PREFIX = "fedhub.residual."  # Context.state: error feedback of the uplink
 EVENTS_ENV = "FEDHUB_FL_EVENTS"
-_OPTION_KEYS = ("uplink", "fraction", "value-bits", "view-crc")
 log = logging.getLogger("fedhub.shim")
 
 
@@ -80,57 +79,47 @@ def _store_arrays(context: Context, key: str, arrays: dict[str, np.ndarray]) -> 
 # ----------------------------------------------------------------------------- client side
 def client_codec_mod(msg: Message, context: Context, call_next) -> Message:
     """Decode the incoming message, run the user's ClientApp, encode its reply."""
-    if not msg.has_content() or MARKER not in msg.content.config_records:
+    if not msg.has_content() or not any(codec.is_packed(r) for r in msg.content.array_records.values()):
         return call_next(msg, context)
-    marker = dict(msg.content.config_records[MARKER])
     received: dict[str, dict[str, np.ndarray]] = {}
+    options: dict = {}
     content = RecordDict()
     for key, record in msg.content.items():
-        if key == MARKER:
-            continue
-        how = marker.get(key)
-        if how in ("full", "delta") and codec.is_packed(record):
-            blob, passthrough = codec.record_blob(record)
-            arrays = codec.unpack(blob)
-            if how == "delta":
-                view = _state_arrays(context, VIEW_PREFIX + key)
-                if view is None or not _same_layout(view, arrays):
-                    raise RuntimeError("fedhub shim: got a model delta but hold no model to apply it to")
-                arrays = _add(view, arrays)
-            _store_arrays(context, VIEW_PREFIX + key, arrays)
-            received[key] = arrays
-            content[key] = codec.numpy_record(arrays, passthrough)
-        else:
+        if not (isinstance(record, ArrayRecord) and codec.is_packed(record)):
             content[key] = record
+            continue
+        blob, passthrough = codec.record_blob(record)
+        info, arrays = codec.unpack_info(blob), codec.unpack(blob)
+        options = info
+        if info.get("how") == "delta":
+            view = _state_arrays(context, VIEW_PREFIX + key)
+            if view is None or not _same_layout(view, arrays):
+                raise RuntimeError("fedhub shim: got a model delta but hold no model to apply it to")
+            arrays = _add(view, arrays)
+        _store_arrays(context, VIEW_PREFIX + key, arrays)
+        received[key] = arrays
+        content[key] = codec.numpy_record(arrays, passthrough)
     msg.content = content
 
     reply = call_next(msg, context)
-    if reply.has_error() or not reply.has_content():
+    uplink = str(options.get("uplink", "none"))
+    if reply.has_error() or not reply.has_content() or uplink == "none":
         return reply
-    uplink = str(marker.get("uplink", "none"))
-    if uplink == "none":
-        return reply
-    fraction, bits = float(marker.get("fraction", 0.1)), int(marker.get("value-bits", 32))
-    reply_marker: dict = {}
+    fraction, bits = float(options.get("fraction", 0.1)), int(options.get("value-bits", 32))
+    # lets the server check it still knows which model this node holds
+    view_crc = _crc({f"{k}/{n}": v for k, arrays in received.items() for n, v in arrays.items()})
     for key, record in list(reply.content.array_records.items()):
         arrays, passthrough = codec.record_to_numpy(record)
         base = received.get(key)
         if uplink == "topk" and base is not None and _same_layout(base, arrays):
-            update = {n: arrays[n].astype(np.float64) - base[n].astype(np.float64)
+            update = {n: (arrays[n].astype(np.float64) - base[n].astype(np.float64)).astype(arrays[n].dtype)
                       if arrays[n].dtype.kind == "f" else arrays[n] for n in arrays}
-            update = {n: u.astype(arrays[n].dtype) for n, u in update.items()}
             feedback = codec.ErrorFeedback(fraction, bits, _state_arrays(context, RESIDUAL_PREFIX + key))
-            blob, _ = feedback.compress(update)
+            blob, _ = feedback.compress(update, info={"how": "delta", "view-crc": view_crc})
             _store_arrays(context, RESIDUAL_PREFIX + key, feedback.residual)
-            reply_marker[key] = "delta"
         else:
-            blob = codec.pack(arrays, "int8")
-            reply_marker[key] = "full"
+            blob = codec.pack(arrays, "int8", info={"how": "full", "view-crc": view_crc})
         reply.content[key] = codec.blob_record(blob, passthrough)
-    if reply_marker:
-        views = {k: _state_arrays(context, VIEW_PREFIX + k) for k in received}
-        reply_marker["view-crc"] = _crc({f"{k}/{n}": v for k, arr in views.items() if arr for n, v in arr.items()})
-        reply.content[MARKER] = ConfigRecord(reply_marker)
     return reply
 
 
@@ -295,37 +284,35 @@ class CodecGrid(Grid):
         if self.mode == "none":
             out.bytes_sent = out.raw_bytes_sent
             return out
-        content, marker = RecordDict(), {}
+        content = RecordDict()
         for key, record in original.items():
             if not isinstance(record, ArrayRecord):
                 content[key] = record
                 continue
             arrays, passthrough = codec.record_to_numpy(record)
             out.originals[key] = arrays
-            content[key], marker[key] = self._encode_downlink(meta.dst_node_id, key, record, arrays,
-                                                              passthrough, cache)
-        marker.update({"uplink": self.mode, "fraction": self.fraction, "value-bits": self.value_bits})
-        content[MARKER] = ConfigRecord(marker)
+            content[key] = self._encode_downlink(meta.dst_node_id, key, record, arrays, passthrough, cache)
         msg.content = content
         out.bytes_sent = _array_bytes(content)
         return out
 
     def _encode_downlink(self, node_id, key, record, arrays, passthrough, cache):
         view = self._views.get(node_id, {}).get(key)
+        options = {"uplink": self.mode, "fraction": self.fraction, "value-bits": self.value_bits}
         if self.downlink == "topk" and view is not None and _same_layout(view, arrays):
             delta = {n: (arrays[n].astype(np.float64) - view[n].astype(np.float64)).astype(arrays[n].dtype)
                      if arrays[n].dtype.kind == "f" else arrays[n] for n in arrays}
-            blob = codec.pack(delta, "topk", fraction=self.fraction, value_bits=self.value_bits)
+            blob = codec.pack(delta, "topk", fraction=self.fraction, value_bits=self.value_bits,
+                              info={**options, "how": "delta"})
             self._views[node_id][key] = _add(view, codec.unpack(blob))
-            return codec.blob_record(blob, passthrough), "delta"
-        if self.downlink == "none":
-            blob = codec.pack(arrays, "none")
-        else:  # int8 full weights; identical for every node, so encode once per record
-            if id(record) not in cache:
-                cache[id(record)] = codec.pack(arrays, "int8")
-            blob = cache[id(record)]
+            return codec.blob_record(blob, passthrough)
+        # full weights, identical for every node: encode once per record
+        if id(record) not in cache:
+            cache[id(record)] = codec.pack(arrays, "int8" if self.downlink != "none" else "none",
+                                           info={**options, "how": "full"})
+        blob = cache[id(record)]
         self._views.setdefault(node_id, {})[key] = codec.unpack(blob)
-        return codec.blob_record(blob, passthrough), "full"
+        return codec.blob_record(blob, passthrough)
 
     # -- decoding
     def _decode(self, reply: Message) -> tuple[Message, dict]:
@@ -339,26 +326,25 @@ class CodecGrid(Grid):
             return reply, node
         content = reply.content
         node["bytes_received"] = _array_bytes(content)
-        marker = dict(content.config_records[MARKER]) if MARKER in content.config_records else {}
-        for key, how in marker.items():
-            if key in _OPTION_KEYS or key not in content.array_records:
+        crcs = []
+        for key, record in list(content.array_records.items()):
+            if not codec.is_packed(record):
                 continue
-            blob, passthrough = codec.record_blob(content.array_records[key])
-            arrays = codec.unpack(blob)
-            if how == "delta":
+            blob, passthrough = codec.record_blob(record)
+            info, arrays = codec.unpack_info(blob), codec.unpack(blob)
+            if info.get("how") == "delta":
                 base = (out.originals if out else {}).get(key)
                 if base is None:
                     raise RuntimeError(f"fedhub shim: node {meta.src_node_id} sent a delta for an "
                                        f"unknown message {meta.reply_to_message_id}")
                 arrays = _add(base, arrays)  # the exact global it was sent + its update
             content[key] = codec.numpy_record(arrays, passthrough)
-        if marker:
-            del content[MARKER]
-            held = self._views.get(meta.src_node_id, {})
-            sent = [k for k in (out.originals if out else {}) if k in held]
-            mine = _crc({f"{k}/{n}": v for k in sent for n, v in held[k].items()})
-            if "view-crc" in marker and int(marker["view-crc"]) != mine:
-                self._views.pop(meta.src_node_id, None)  # out of step: send full weights next
+            crcs.append(info.get("view-crc"))
+        held = self._views.get(meta.src_node_id, {})
+        sent = [k for k in (out.originals if out else {}) if k in held]
+        mine = _crc({f"{k}/{n}": v for k in sent for n, v in held[k].items()})
+        if any(crc is not None and int(crc) != mine for crc in crcs):
+            self._views.pop(meta.src_node_id, None)  # out of step: send full weights next
         node["raw_bytes_received"] = _array_bytes(content)
         node["metrics"] = _metrics(content)
         return reply, node

@@ -22,7 +22,9 @@ def train(msg: Message, context: Context) -> Message:
         params, x_train, y_train,
         epochs=int(cfg["local-epochs"]), learning_rate=float(cfg["learning-rate"]),
         batch_size=int(cfg["batch-size"]),
-        seed=int(cfg["seed"]) * 1000 + server_round * 10 + context.node_id % 10)
+        # seeded by the site, not the node id (random per SuperNode start): reproducible runs
+        seed=int(cfg["seed"]) * 1000 + server_round * 10
+        + int(context.node_config.get("partition-id", context.node_id % 10)))
     loss, accuracy = task.evaluate(new_params, x_train, y_train)
     content = RecordDict({
         "arrays": ArrayRecord({name: Array(new_params[name]) for name in params}),
