@@ -105,11 +105,13 @@ def grpc_infer(url: str, model: str, X):
     return client.infer(model, [inp]).as_numpy(meta["outputs"][0]["name"])
 
 
-def wait_services(hub, token: str, timeout: float = 150) -> None:
+def wait_services(hub, token: str, timeout: float = 150, mlflow: bool = True) -> None:
     """MLflow and the inference server take a few seconds to start after the hub."""
     deadline = time.monotonic() + timeout
-    for url in (f"{hub.url}/services/mlflow/api/2.0/mlflow/experiments/search?max_results=1",
-                f"{hub.url}/services/inference/v2/health/ready"):
+    urls = [f"{hub.url}/services/inference/v2/health/ready", f"{hub.url}/services/fedhub/api"]
+    if mlflow:
+        urls.insert(0, f"{hub.url}/services/mlflow/api/2.0/mlflow/experiments/search?max_results=1")
+    for url in urls:
         while True:
             r = requests.get(url, headers={"Authorization": f"token {token}"}, timeout=10)
             if r.status_code == 200:
@@ -177,3 +179,229 @@ def test_deploy_to_embedded_and_call_with_unmodified_tritonclient(env):
         assert out.returncode == 0, out.stderr
         assert ep["model_name"] not in out.stderr
     env["deployment"] = record
+
+
+def served(ep: dict, X, version: str = ""):
+    return http_infer(ep["http"].split("://")[1], ep["model_name"], X, version=version)
+
+
+def test_redeploy_makes_version_2_and_rollback_serves_version_1(env):
+    hub, alice, X = env["hub"], env["alice"], env["X"]
+    (model_a, _), (model_b, uri_b) = env["a"], env["b"]
+    assert not np.array_equal(model_a.predict(X), model_b.predict(X))  # the two versions are told apart
+    dep = deploy(hub, alice, model=uri_b, name="digits", target="embedded")
+    assert dep["id"] == env["deployment"]["id"] and dep["pending_version"] == 2
+    record, _ = follow(hub, alice, dep["id"])
+    assert record["status"] == "ready" and record["current_version"] == 2, record
+    assert [v["version"] for v in record["versions"]] == [1, 2]
+    assert np.array_equal(served(record["endpoint"], X), model_b.predict(X))
+
+    r = hub.fedhub_api(f"/deployments/{dep['id']}/rollback", alice, method="POST")
+    assert r.status_code == 200, r.text
+    record = r.json()
+    assert record["status"] == "ready" and record["current_version"] == 1, record
+    assert record["endpoint"]["model_version"] == "1"
+    assert np.array_equal(served(record["endpoint"], X), model_a.predict(X))
+    import tritonclient.http as httpclient
+    client = httpclient.InferenceServerClient(record["endpoint"]["http"].split("://")[1])
+    assert client.is_model_ready(record["model_name"], "1") and not client.is_model_ready(record["model_name"], "2")
+    # nothing earlier than version 1: a clear 409
+    r = hub.fedhub_api(f"/deployments/{dep['id']}/rollback", alice, method="POST")
+    assert r.status_code == 409 and "no earlier working version" in r.json()["message"]
+    env["deployment"] = record
+
+
+def test_other_users_cannot_see_touch_or_deploy_what_they_cannot_read(env):
+    hub, alice, bob = env["hub"], env["alice"], env["bob"]
+    dep_id, (_, uri_a) = env["deployment"]["id"], env["a"]
+    assert hub.fedhub_api("/deployments", bob).json()["deployments"] == []
+    for method, path in (("GET", ""), ("DELETE", ""), ("GET", "/events"), ("POST", "/rollback"),
+                         ("POST", "/infer"), ("GET", "/snippet")):
+        r = hub.fedhub_api(f"/deployments/{dep_id}{path}", bob, method=method, json={"sample": True})
+        assert r.status_code == 404, (method, path, r.text)
+        assert r.json()["message"] == f"No deployment {dep_id}"
+    # alice's run is not readable by bob in MLflow, so bob cannot deploy it
+    r = hub.fedhub_api("/deployments", bob, method="POST", json={"model": uri_a, "name": "stolen"})
+    assert r.status_code == 403, r.text
+    assert "cannot read the model" in r.json()["message"]
+    assert hub.fedhub_api("/deployments", bob).json()["deployments"] == []
+    # still alice's, still serving
+    assert hub.fedhub_api(f"/deployments/{dep_id}", alice).json()["status"] == "ready"
+
+
+@pytest.mark.parametrize("body, status, words", [
+    ({"name": "x"}, 400, "'model' must be an MLflow model URI"),
+    ({"model": "runs:/0123456789abcdef0123456789abcdef/model", "name": "Bad Name"}, 400, "'name' must be"),
+    ({"model": "runs:/0123456789abcdef0123456789abcdef/model", "name": "x", "target": "mars"}, 400, "'target' must be"),
+    ({"model": "runs:/0123456789abcdef0123456789abcdef/model", "name": "x", "target": "site:nowhere"}, 400,
+     "No Kubernetes site 'nowhere'"),
+    ({"model": "runs:/0123456789abcdef0123456789abcdef/model", "name": "x", "target": "edge:nogroup"}, 400,
+     "No edge device group 'nogroup'"),
+    ({"model": "runs:/0123456789abcdef0123456789abcdef/model", "name": "x"}, 403, "You cannot read the model"),
+    ({"model": "/etc/passwd.onnx", "name": "x"}, 403, "only .onnx files in your own workspace"),
+    ({"model": "runs:/0123456789abcdef0123456789abcdef/model", "name": "x", "colour": "red"}, 400, "Unknown field"),
+])
+def test_bad_deploy_requests_are_4xx_with_reasons(env, body, status, words):
+    r = env["hub"].fedhub_api("/deployments", env["alice"], method="POST", json=body)
+    assert r.status_code == status, r.text
+    assert words in r.json()["message"]
+
+
+def test_bad_requests_on_routes_are_4xx(env):
+    hub, alice, dep_id = env["hub"], env["alice"], env["deployment"]["id"]
+    own_run = env["a"][1].split("/")[1]
+    r = hub.fedhub_api("/deployments", alice, method="POST", json={"model": f"runs:/{own_run}/nothing", "name": "x"})
+    assert r.status_code == 400 and "No model at" in r.json()["message"], r.text
+    r = hub.fedhub_api("/deployments", alice, method="POST", data="{not json")
+    assert r.status_code == 400 and "expected JSON" in r.json()["message"]
+    r = hub.fedhub_api(f"/deployments/{dep_id}/events?wait=soon", alice)
+    assert r.status_code == 400 and "?wait=" in r.json()["message"]
+    r = hub.fedhub_api(f"/deployments/{dep_id}/infer", alice, method="POST", json={"inputs": [
+        {"name": "nope", "shape": [1, 3], "datatype": "FP32", "data": [1, 2, 3]}]})
+    assert r.status_code == 400 and "Inference failed" in r.json()["message"]
+    r = hub.fedhub_api(f"/deployments/{dep_id}/infer", alice, method="POST", json={"what": 1})
+    assert r.status_code == 400 and "sample" in r.json()["message"]
+    r = hub.fedhub_api(f"/deployments/{dep_id}/rollback", alice, method="POST", json={"version": "one"})
+    assert r.status_code == 400
+    r = hub.fedhub_api(f"/deployments/{dep_id}/manifests", alice)
+    assert r.status_code == 409 and "no manifests" in r.json()["message"]
+    # no scope: a token that may only be an edge device
+    r = hub.api("POST", "/users/alice/tokens", json={"scopes": ["custom:fedhub:edge:device"]})
+    device_only = r.json()["token"]
+    r = hub.fedhub_api("/deployments", device_only)
+    assert r.status_code == 403 and "custom:fedhub:deployments:read" in r.json()["message"]
+
+
+def test_broken_model_fails_with_a_reason_and_the_others_keep_serving(env):
+    hub, alice, X = env["hub"], env["alice"], env["X"]
+    uri = log_artifact_text(hub, alice, "alice-exp", "broken.onnx", "this is not an ONNX graph")
+    dep = deploy(hub, alice, model=uri, name="broken")
+    record, events = follow(hub, alice, dep["id"])
+    assert record["status"] == "failed", record
+    assert record["error"].startswith("step package failed") or record["error"].startswith("step load failed")
+    assert any(e["status"] == "failed" for e in events)
+    assert record["versions"][0]["status"] == "failed" and record["versions"][0]["error"]
+    # the server and the other deployment are untouched
+    assert np.array_equal(served(env["deployment"]["endpoint"], X), env["a"][0].predict(X))
+    env["broken"] = record
+
+
+def test_edge_device_registers_pulls_verifies_and_serves(env, tmp_path):
+    from conftest import free_port
+    hub, alice, X = env["hub"], env["alice"], env["X"]
+    model_a, uri_a = env["a"]
+    r = hub.fedhub_api("/edge/devices", alice, method="POST", json={"name": "pi-1", "group": "lab"})
+    assert r.status_code == 201, r.text
+    device = r.json()
+    assert device["group"] == "lab" and device["token_scopes"] == ["custom:fedhub:edge:device"]
+    token = device["token"]
+    # the device token is good for being a device, nothing else
+    assert hub.fedhub_api("/deployments", token).status_code == 403
+    assert hub.fedhub_api("/edge/groups/lab/bundle", token).status_code == 204  # nothing assigned yet
+    r = hub.fedhub_api("/edge/devices", token, method="POST", json={"name": "pi-2", "group": "lab"})
+    assert r.status_code == 403  # a device cannot register others
+
+    dep = deploy(hub, alice, model=uri_a, name="digits-edge", target="edge:lab")
+    record, events = follow(hub, alice, dep["id"], timeout=180)
+    assert record["status"] == "ready", record
+    assert [e["step"] for e in events if e["status"] == "done"][:4] == ["resolve", "package", "bundle", "assign"]
+    assert hub.fedhub_api("/edge/groups/lab/bundle", env["bob"]).status_code == 204  # bob's 'lab' is not alice's
+
+    port = free_port()
+    agent = subprocess.Popen(
+        [sys.executable, "-m", "fedhub.hub.deploy.edge.agent", "--hub", hub.url, "--name", "pi-1", "--group", "lab",
+         "--state-dir", str(tmp_path / "edge"), "--port", str(port), "--once"],
+        env={**fedhub_env(), "FEDHUB_EDGE_TOKEN": token}, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        deadline = time.monotonic() + 90
+        status = None
+        while time.monotonic() < deadline:
+            devices = hub.fedhub_api("/edge/devices", alice).json()["devices"]
+            status = devices[0]["status"]
+            if status and status["state"] == "serving":
+                break
+            assert agent.poll() is None, agent.stdout.read()
+            time.sleep(0.5)
+        assert status and status["state"] == "serving", status
+        assert status["serving"].startswith(record["model_name"])
+        predicted = http_infer(f"127.0.0.1:{port}", record["model_name"], X)
+        # int8 weights: the labels agree with the fp32 model's on nearly every row
+        assert (predicted.reshape(-1) == model_a.predict(X)).mean() >= 0.9
+    finally:
+        agent.terminate()
+        agent.wait(20)
+
+
+def fedhub_cli(hub, token, *args, timeout=180):
+    return subprocess.run([sys.executable, "-m", "fedhub.server_ext.cli", "--hub", hub.url, "--token", token, *args],
+                          capture_output=True, text=True, timeout=timeout, env=fedhub_env())
+
+
+def test_cli_deploy_follow_list_infer_undeploy(env):
+    hub, alice = env["hub"], env["alice"]
+    out = fedhub_cli(hub, alice, "deploy", env["a"][1], "--name", "cli-digits", "--follow")
+    assert out.returncode == 0, out.stderr + out.stdout
+    lines = out.stdout.splitlines()
+    for step in ("resolve", "package", "write", "load", "ready"):
+        assert any(f"ok {step}" in line for line in lines), out.stdout  # one progress line per step
+    assert "cli-digits is ready (version 1)" in out.stdout and "/services/inference" in out.stdout
+    dep_id = lines[0].split()[1].rstrip(":")
+    out = fedhub_cli(hub, alice, "deployments")
+    assert out.returncode == 0 and dep_id in out.stdout and "ready" in out.stdout, out.stderr
+    out = fedhub_cli(hub, alice, "infer", dep_id, "--sample")
+    assert out.returncode == 0, out.stderr
+    assert json.loads(out.stdout)["outputs"][0]["shape"] == [1]
+    out = fedhub_cli(hub, env["bob"], "undeploy", dep_id)
+    assert out.returncode == 1 and f"404: No deployment {dep_id}" in out.stderr
+    out = fedhub_cli(hub, alice, "undeploy", dep_id)
+    assert out.returncode == 0 and "undeployed" in out.stdout, out.stderr
+    out = fedhub_cli(hub, alice, "deploy", "models:/nothing-here/1", "--name", "x")
+    assert out.returncode == 1 and out.stderr.startswith("fedhub deploy: 4"), out.stderr
+
+
+def test_deploy_widget_deploys_shows_endpoint_and_tests_inference(env):
+    from fedhub.server_ext.deploy_cli import DeploymentsClient
+    from fedhub.server_ext.deploy_widget import DeployWidget
+    hub, alice = env["hub"], env["alice"]
+    widget = DeployWidget(client=DeploymentsClient(hub.url, {"Authorization": f"token {alice}"}),
+                          models=[env["a"][1]])
+    widget.model.value = env["a"][1]
+    widget.name.value = "Bad Name"
+    widget.deploy_button.click()
+    assert "Error" in widget.status.value and "must be 1-40 lowercase" in widget.status.value
+    widget.name.value = "widget-digits"
+    widget.deploy_button.click()
+    widget.thread.join(180)
+    assert widget.progress.bar_style == "success" and widget.progress.value == widget.progress.max == 5
+    assert "is ready" in widget.status.value and "/services/inference" in widget.endpoint.value
+    assert "tritonclient.http" in widget.snippet.value and widget.record["model_name"] in widget.snippet.value
+    assert not widget.test_button.disabled
+    widget.test_button.click()
+    assert "<table>" in widget.output.value and "Error" not in widget.output.value
+    widget.client.undeploy(widget.record["id"])
+
+
+def test_hub_restart_keeps_deployments_and_statuses(env):
+    hub, alice, X = env["hub"], env["alice"], env["X"]
+    before = {d["id"]: (d["status"], d["current_version"]) for d in hub.fedhub_api("/deployments", alice).json()["deployments"]}
+    assert before[env["deployment"]["id"]] == ("ready", 1) and before[env["broken"]["id"]] == ("failed", None)
+    hub.stop()
+    hub.start(timeout=120)
+    wait_services(hub, alice, mlflow=False)  # serving needs no MLflow
+    after = {d["id"]: (d["status"], d["current_version"]) for d in hub.fedhub_api("/deployments", alice).json()["deployments"]}
+    assert after == before
+    assert np.array_equal(served(env["deployment"]["endpoint"], X), env["a"][0].predict(X))
+
+
+def test_undeploy_makes_the_model_unavailable(env):
+    import tritonclient.http as httpclient
+    hub, alice, record = env["hub"], env["alice"], env["deployment"]
+    r = hub.fedhub_api(f"/deployments/{record['id']}", alice, method="DELETE")
+    assert r.status_code == 200 and r.json()["status"] == "undeployed", r.text
+    assert hub.fedhub_api(f"/deployments/{record['id']}", alice).status_code == 404
+    client = httpclient.InferenceServerClient(record["endpoint"]["http"].split("://")[1])
+    assert not client.is_model_ready(record["model_name"])
+    assert all(m.get("state") != "READY" for m in client.get_model_repository_index()
+               if m["name"] == record["model_name"])
+    assert not (hub.data_dir / "models" / record["model_name"]).exists()
+    assert client.is_server_live()

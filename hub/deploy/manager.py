@@ -79,8 +79,9 @@ def public(record: dict) -> dict:
 
 
 class DeploymentManager:
-    def __init__(self, store: DeploymentStore, settings: dict, sites=lambda: []):
+    def __init__(self, store: DeploymentStore, settings: dict, sites=lambda: [], ledger=None):
         self.store = store
+        self.ledger = ledger  # () -> the provenance Ledger, or None
         self.settings = settings
         self.sites = sites  # () -> the inventory's sites (name, kind, up)
         self.models_dir = Path(settings.get("models_dir") or store.root / "models")
@@ -300,8 +301,23 @@ class DeploymentManager:
         for v in record["versions"]:
             if v["version"] == version:
                 v["status"] = "ready"
+                if not v.get("provenance"):
+                    v["provenance"] = self._provenance(record, v)
         record.update(status=status, current_version=version, pending_version=None, error=None)
         record["endpoint"] = self.endpoint(record)
+
+    def _provenance(self, record: dict, version: dict) -> str | None:
+        """A signed ledger record of this version (who, which model, where); its hash."""
+        if self.ledger is None:
+            return None
+        try:
+            entry = self.ledger().append("deployment", record["id"], record["owner"], {
+                "name": record["name"], "target": record["target"], "version": version["version"],
+                "model": version["model"], "flavour": version["flavour"], "model_name": record["model_name"]})
+            return entry.get("hash")
+        except Exception:  # the ledger never blocks serving; its own verify shows gaps
+            log.exception("deployment %s: provenance record not written", record["id"])
+            return None
 
     async def _fail(self, record: dict, version: int, e: StepFailed) -> None:
         reason = f"step {e.step} failed: {e.reason}"
@@ -378,6 +394,9 @@ class DeploymentManager:
     async def reconcile(self) -> None:
         """After a restart: actions cut short fail with a reason; embedded deployments are
         confirmed by the server (which loads its repository when it starts)."""
+        if self.settings.get("mlflow_url"):
+            # the first deploy would otherwise pay for importing mlflow and the converters
+            asyncio.get_running_loop().run_in_executor(self.executor, targets.warm_up)
         for record in list(self.records.values()):
             if record["status"] in ACTIVE:
                 record["pending_version"] = None
@@ -494,6 +513,19 @@ class DeploymentManager:
             raise DeployError(400 if code < 500 else 502, f"Inference failed: {data.get('error', code)}")
         return {"model_name": name, "model_version": version, "inputs": inputs,
                 "outputs": data.get("outputs", []), "ms": round((time.perf_counter() - started) * 1000, 2)}
+
+    # ------------------------------------------------------------------ edge groups
+    def save_devices(self) -> None:
+        self.store.save_devices(self.devices)
+
+    def edge_deployment(self, owner: str, group: str) -> dict | None:
+        """The owner's ready deployment to an edge group (the newest, if several)."""
+        found = [r for r in self.records.values() if r["owner"] == owner and r["kind"] == "edge"
+                 and r["where"] == group and r["status"] == "ready" and r.get("current_version")]
+        return max(found, key=lambda r: r["updated"]) if found else None
+
+    def edge_bundle(self, record: dict) -> Path | None:
+        return targets.edge_bundle_path(self.store.artifact_dir(record["id"]), record["current_version"])
 
     # ------------------------------------------------------------------ files for the caller
     def manifests(self, owner: str, deployment_id: str) -> str:

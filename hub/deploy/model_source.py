@@ -63,7 +63,9 @@ def _translate(e: Exception, uri: str) -> ModelSourceError:
     text = getattr(e, "message", None) or str(e)
     first = text.splitlines()[0] if text else type(e).__name__
     if "PERMISSION_DENIED" in code or "PERMISSION_DENIED" in text or "403" in first:
-        return ModelSourceError(403, f"You cannot read the model {uri} in MLflow")
+        # MLflow answers the same for another user's run and a run that does not exist
+        return ModelSourceError(403, f"You cannot read the model {uri} in MLflow (no such model of yours, "
+                                     "and none shared with you)")
     if "UNAUTHENTICATED" in code or "401" in first:
         return ModelSourceError(401, "MLflow did not accept your hub token")
     if ("RESOURCE_DOES_NOT_EXIST" in code or "RESOURCE_DOES_NOT_EXIST" in text or "INVALID_PARAMETER_VALUE" in code

@@ -34,6 +34,16 @@ def package(local: Path, info: dict, model_name: str, version: int, repository: 
     return packaged.model_dir
 
 
+def warm_up() -> None:
+    """Import what packaging needs, ahead of the first deployment."""
+    import mlflow.models  # noqa: F401
+    import mlflow.sklearn  # noqa: F401
+    import onnx  # noqa: F401
+    import skl2onnx  # noqa: F401
+
+    from . import packaging  # noqa: F401
+
+
 def _configs_dir(model_dir: Path) -> Path:
     # beside the repository, never inside it: the server sees only what it serves
     return model_dir.parent.parent / "model-configs" / model_dir.name
@@ -138,11 +148,31 @@ def build_edge_bundle(record: dict, version: int, staged: Path, files: Path, sta
                       options: dict) -> str:
     """An int8 bundle signed with the hub's key, kept under the deployment's files."""
     from .edge import bundle
+    _dedupe_opsets(staged / str(version) / "model.onnx")
     out = _edge_dir(files, version)
     shutil.rmtree(out, ignore_errors=True)
     out.mkdir(parents=True)
     path = bundle.build_bundle_for_deployment(staged, out, state_dir, record, version, options)
     return f"bundle {Path(path).name}"
+
+
+def _dedupe_opsets(path: Path) -> None:
+    """skl2onnx may list the default opset twice; onnxruntime's quantiser refuses such graphs
+    ("Failed to find proper ai.onnx domain"). One entry per domain, the highest version."""
+    import onnx
+    if not path.is_file():
+        return
+    model = onnx.load(str(path))
+    best: dict[str, int] = {}
+    for entry in model.opset_import:
+        domain = "" if entry.domain == "ai.onnx" else entry.domain
+        best[domain] = max(best.get(domain, 0), entry.version)
+    if len(best) == len(model.opset_import):
+        return
+    del model.opset_import[:]
+    for domain, version in best.items():
+        model.opset_import.add(domain=domain, version=version)
+    onnx.save(model, str(path))
 
 
 def select_edge_version(files: Path, version: int) -> str:

@@ -26,6 +26,7 @@ from .provenance import (ProvenanceChainHandler, ProvenanceHandler, ProvenanceRe
 from .datasets import ROUTES as DATASET_ROUTES
 from .deployments import ROUTES as DEPLOYMENT_ROUTES
 from .deployments import manager_of
+from .edge import ROUTES as EDGE_ROUTES
 from .jobs import ROUTES as JOB_ROUTES
 from .jobs import federation_of
 from .sessions import SessionsHandler
@@ -58,8 +59,9 @@ ROUTES = [
     ("api/provenance/chain", ProvenanceChainHandler),
     ("api/provenance/verify", ProvenanceVerifyHandler),
     (r"api/provenance/(?P<ref>[0-9a-f]{8,64})", ProvenanceRecordHandler),
-    *JOB_ROUTES,
     *DEPLOYMENT_ROUTES,
+    *EDGE_ROUTES,
+    *JOB_ROUTES,
 ]
 
 

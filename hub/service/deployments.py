@@ -22,6 +22,7 @@ from ..deploy.manager import DeployError, DeploymentManager
 from ..deploy.snippets import snippet
 from ..deploy.store import DeploymentStore
 from .base import APIError, FedhubAPIHandler
+from .provenance import ledger_of
 
 READ, DEPLOY = "custom:fedhub:deployments:read", "custom:fedhub:deploy"
 SETTINGS_ENV = "FEDHUB_DEPLOY_SETTINGS"
@@ -42,7 +43,8 @@ def manager_of(settings) -> DeploymentManager:
         inventory = settings.get("fedhub_store")
         settings["fedhub_deployments"] = DeploymentManager(
             DeploymentStore(state_dir), settings.get("fedhub_deploy_settings") or deploy_settings_from_env(),
-            sites=(inventory.sites if inventory is not None else (lambda: [])))
+            sites=(inventory.sites if inventory is not None else (lambda: [])),
+            ledger=lambda: ledger_of(settings))
     return settings["fedhub_deployments"]
 
 
