@@ -50,6 +50,8 @@ class RunStatus:
     details: str
     bytes_in: int
     bytes_out: int
+    running_at: str = ""   # Flower's own timestamps (ISO 8601) of the run
+    finished_at: str = ""
 
     @property
     def text(self) -> str:
@@ -83,7 +85,7 @@ class ControlClient:
         for proto in res.run_dict.values():
             run = run_from_proto(proto)
             return RunStatus(run.status.status, run.status.sub_status, run.status.details,
-                             int(run.bytes_recv), int(run.bytes_sent))
+                             int(run.bytes_recv), int(run.bytes_sent), run.running_at or "", run.finished_at or "")
         return None
 
     def _stop(self, run_id: int) -> None:

@@ -225,6 +225,7 @@ class Job:
     round_metrics: list = field(default_factory=list)  # [{round, metrics..., bytes}]
     bytes: dict = field(default_factory=dict)          # Flower's network-traffic of the run
     flower_run_id: str = ""
+    flower_times: dict = field(default_factory=dict)  # Flower's running_at / finished_at of the run
     mlflow_run_id: str = ""
     mlflow_experiment_id: str = ""
     error: str = ""

@@ -387,6 +387,7 @@ class JobRunner:
                     await self._read_round_events(run_id, final=True)
                     self.job.bytes = {"inbound": status.bytes_in, "outbound": status.bytes_out,
                                       "total": status.total_bytes}
+                    self.job.flower_times = {"running_at": status.running_at, "finished_at": status.finished_at}
                     if status.sub_status == "completed":
                         return
                     if status.sub_status == "stopped":
