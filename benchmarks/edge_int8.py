@@ -1,7 +1,8 @@
 """Edge: int8 bundle vs the fp32 model it came from (baseline), for the digits classifiers.
 
 For each model (a scikit-learn MLP and a small PyTorch MLP, both trained on sklearn's
-bundled digits), builds a real signed edge bundle (onnxruntime dynamic int8 quantisation)
+bundled digits), builds real signed edge bundles (onnxruntime int8 quantisation, dynamic
+and static with calibration on held-out rows)
 and prints side by side: model file size, accuracy on the held-out rows, agreement of the
 predicted classes, and onnxruntime latency (median of repeated runs, 1 thread, batch 1
 and batch 64), with int8/fp32 ratios. Not run in CI.
@@ -78,11 +79,13 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
         rows = []
-        for label, fp32 in models(tmp, X_train, y_train).items():
-            archive = build_bundle(fp32, tmp / "out", name=fp32.stem, version=1, key=key,
-                                   held_out=(X_test, y_test))
+        for (label, fp32), method in [(m, q) for m in models(tmp, X_train, y_train).items()
+                                      for q in ("dynamic", "static")]:
+            archive = build_bundle(fp32, tmp / "out", name=fp32.stem, version=method, key=key,
+                                   held_out=(X_test, y_test), quantization=method)
             manifest = read_manifest(archive)
-            content = fmt.unpack(archive, tmp / f"{fp32.stem}-content")
+            label = f"{label} [{method}]"
+            content = fmt.unpack(archive, tmp / f"{fp32.stem}-{method}-content")
             int8 = content / fmt.MODEL
             acc = manifest["accuracy"]
             lat = {}
@@ -92,13 +95,13 @@ def main() -> None:
             rows.append((label, manifest["sizes"], acc, lat))
     print(f"edge int8 bundle vs fp32 (baseline); digits held-out rows: {len(y_test)}; "
           f"onnxruntime {ort.__version__}, 1 thread, median of {args.repeats}")
-    header = f"{'model':24} {'':6} {'size B':>9} {'accuracy':>9} {'p50 b=1 ms':>11} {'p50 b=64 ms':>12}"
+    header = f"{'model':34} {'':6} {'size B':>9} {'accuracy':>9} {'p50 b=1 ms':>11} {'p50 b=64 ms':>12}"
     print(header)
     print("-" * len(header))
     for label, sizes, acc, lat in rows:
-        print(f"{label:24} {'fp32':6} {sizes['fp32_bytes']:>9} {acc['fp32']:>9.4f} {lat[1][0]:>11.4f} {lat[64][0]:>12.4f}")
-        print(f"{'':24} {'int8':6} {sizes['int8_bytes']:>9} {acc['int8']:>9.4f} {lat[1][1]:>11.4f} {lat[64][1]:>12.4f}")
-        print(f"{'':24} {'ratio':6} {sizes['int8_bytes'] / sizes['fp32_bytes']:>9.3f} "
+        print(f"{label:34} {'fp32':6} {sizes['fp32_bytes']:>9} {acc['fp32']:>9.4f} {lat[1][0]:>11.4f} {lat[64][0]:>12.4f}")
+        print(f"{'':34} {'int8':6} {sizes['int8_bytes']:>9} {acc['int8']:>9.4f} {lat[1][1]:>11.4f} {lat[64][1]:>12.4f}")
+        print(f"{'':34} {'ratio':6} {sizes['int8_bytes'] / sizes['fp32_bytes']:>9.3f} "
               f"{acc['int8'] - acc['fp32']:>+9.4f} {lat[1][1] / lat[1][0]:>11.2f} {lat[64][1] / lat[64][0]:>12.2f}"
               f"   (agreement {acc['agreement']:.4f}, max |diff| {acc['max_abs_diff']:.4f})")
 

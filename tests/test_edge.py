@@ -35,7 +35,8 @@ from tritonclient.utils import InferenceServerException
 from fedhub.hub.deploy.edge import contract
 from fedhub.hub.deploy.edge import manifest as fmt
 from fedhub.hub.deploy.edge.agent import EdgeAgent
-from fedhub.hub.deploy.edge.bundle import build_bundle, build_bundle_for_deployment, hub_key, read_manifest
+from fedhub.hub.deploy.edge.bundle import (BundleError, build_bundle, build_bundle_for_deployment, hub_key,
+                                           read_manifest)
 from fedhub.hub.deploy.packaging import Tensor, package_model, sklearn_to_onnx
 
 TOKEN = "device-owner-token"
@@ -209,6 +210,25 @@ def test_bundle_is_int8_smaller_and_its_signed_manifest_carries_accuracy(bundles
     print(f"\nedge digits MLP: fp32 {sizes['fp32_bytes']} B acc {accuracy['fp32']:.4f} | "
           f"int8 {sizes['int8_bytes']} B acc {accuracy['int8']:.4f} | size ratio "
           f"{sizes['fp32_bytes'] / sizes['int8_bytes']:.2f}x, agreement {accuracy['agreement']:.4f}")
+
+
+def test_static_quantisation_calibrates_on_held_out_rows(digits_model, hub_state, tmp_path):
+    path, X, y = digits_model
+    lines = []
+    archive = build_bundle(path, tmp_path, name="digits", version="s1", key=hub_key(hub_state), held_out=(X, y),
+                           quantization="static", progress=lines.append)
+    manifest = read_manifest(archive)
+    assert manifest["quantization"]["method"] == "static" and manifest["quantization"]["calibration_rows"] == 128
+    assert "calibrated on 128 held-out rows" in lines[0]
+    assert manifest["sizes"]["int8_bytes"] < 0.6 * manifest["sizes"]["fp32_bytes"]
+    assert abs(manifest["accuracy"]["int8"] - manifest["accuracy"]["fp32"]) < 0.03
+    content = unpacked(archive, tmp_path)
+    ops = {node.op_type for node in __import__("onnx").load(str(content / "model.onnx")).graph.node}
+    assert "QuantizeLinear" in ops and "DequantizeLinear" in ops  # QDQ format
+    with pytest.raises(BundleError, match="static quantization calibrates on held-out rows"):
+        build_bundle(path, tmp_path, name="digits", version="s2", key=hub_key(hub_state), quantization="static")
+    with pytest.raises(BundleError, match="quantization must be one of dynamic, static"):
+        build_bundle(path, tmp_path, name="digits", version="s3", key=hub_key(hub_state), quantization="fp8")
 
 
 def flip_byte(path: Path, offset: int = -100) -> None:

@@ -35,12 +35,35 @@ class BundleError(ValueError):
     """The model cannot be bundled; the message says why."""
 
 
-def quantize_int8(fp32_model: Path, int8_model: Path) -> Path:
-    """Dynamic int8 quantisation of every MatMul/Gemm weight (onnxruntime.quantization)."""
-    from onnxruntime.quantization import QuantType, quantize_dynamic
+CALIBRATION_ROWS = 128  # static quantisation: held-out rows whose activation ranges are measured
+QUANTIZATION_METHODS = ("dynamic", "static")
+
+
+def quantize_int8(fp32_model: Path, int8_model: Path, calibration: np.ndarray | None = None) -> Path:
+    """int8 quantisation with onnxruntime.quantization. Without calibration rows: dynamic
+    (weights int8, activations quantised at run time). With them: static, QDQ format,
+    activation ranges calibrated on those rows (one input models)."""
+    from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantType, quantize_dynamic
+    from onnxruntime.quantization import quantize_static
 
     try:
-        quantize_dynamic(str(fp32_model), str(int8_model), weight_type=QuantType.QInt8)
+        if calibration is None:
+            quantize_dynamic(str(fp32_model), str(int8_model), weight_type=QuantType.QInt8)
+            return int8_model
+        session = ort.InferenceSession(str(fp32_model), providers=["CPUExecutionProvider"])
+        (inp,) = session.get_inputs()
+        dtype = _PROTOCOL_TO_NUMPY.get(_ORT_TO_PROTOCOL.get(inp.type, ""), np.float32)
+        batches = [{inp.name: calibration[i:i + 16].astype(dtype)} for i in range(0, len(calibration), 16)]
+
+        class Rows(CalibrationDataReader):
+            def __init__(self):
+                self.rows = iter(batches)
+
+            def get_next(self):
+                return next(self.rows, None)
+
+        quantize_static(str(fp32_model), str(int8_model), Rows(), quant_format=QuantFormat.QDQ,
+                        activation_type=QuantType.QInt8, weight_type=QuantType.QInt8)
     except Exception as exc:  # the quantiser raises bare exceptions on unsupported graphs
         raise BundleError(f"int8 quantisation failed: {exc}") from None
     return int8_model
@@ -107,19 +130,27 @@ def compare(fp32_model: Path, int8_model: Path, X: np.ndarray | None = None, y: 
 
 def build_bundle(fp32_model: str | Path, out_dir: str | Path, *, name: str, version: int | str, key,
                  held_out: tuple[np.ndarray, np.ndarray] | None = None, provenance_id: str = "",
-                 extra: dict | None = None, progress: Callable[[str], None] | None = None) -> Path:
+                 extra: dict | None = None, progress: Callable[[str], None] | None = None,
+                 quantization: str = "dynamic") -> Path:
     """Quantise, score, sign and pack: returns `out_dir/NAME-VERSION.fedhub-edge.zip`.
-    `progress`, if given, is called with a line per step."""
+    quantization "static" calibrates on the first CALIBRATION_ROWS held-out rows (inputs only;
+    the labels are not used). `progress`, if given, is called with a line per step."""
     say = progress or (lambda message: None)
+    if quantization not in QUANTIZATION_METHODS:
+        raise BundleError(f"quantization must be one of {', '.join(QUANTIZATION_METHODS)}, got {quantization!r}")
+    if quantization == "static" and held_out is None:
+        raise BundleError("static quantization calibrates on held-out rows: give a held-out sample")
     fp32_model = Path(fp32_model)
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(prefix="fedhub-bundle-") as tmp:
         content = Path(tmp) / "bundle"
         content.mkdir()
-        say("quantising to int8 (onnxruntime dynamic quantisation)")
-        int8_model = quantize_int8(fp32_model, content / fmt.MODEL)
         X, y = held_out if held_out is not None else (None, None)
+        calibration = X[:CALIBRATION_ROWS] if quantization == "static" else None
+        say(f"quantising to int8 (onnxruntime {quantization} quantisation"
+            + (f", calibrated on {len(calibration)} held-out rows)" if calibration is not None else ")"))
+        int8_model = quantize_int8(fp32_model, content / fmt.MODEL, calibration)
         say(f"comparing fp32 and int8 on {len(X)} held-out rows" if X is not None
             else f"comparing fp32 and int8 on {SAMPLE_ROWS} synthetic rows (no held-out sample)")
         accuracy = compare(fp32_model, int8_model, X, y)
@@ -128,7 +159,9 @@ def build_bundle(fp32_model: str | Path, out_dir: str | Path, *, name: str, vers
         fmt.sign_directory(content, {
             "name": name, "version": str(version), "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
             "provenance_id": provenance_id, "inputs": inputs, "outputs": outputs,
-            "quantization": {"method": "dynamic", "weights": "int8", "tool": f"onnxruntime {ort.__version__}"},
+            "quantization": {"method": quantization, "weights": "int8", "tool": f"onnxruntime {ort.__version__}",
+                             **({"format": "QDQ", "activations": "int8", "calibration_rows": len(calibration)}
+                                if calibration is not None else {})},
             "accuracy": accuracy,
             "sizes": {"fp32_bytes": fp32_model.stat().st_size, "int8_bytes": int8_model.stat().st_size},
             **(extra or {}),
@@ -163,7 +196,8 @@ def build_bundle_for_deployment(staged: str | Path, out_dir: str | Path, state_d
                                 version: int, options: dict, progress: Callable[[str], None] | None = None) -> Path:
     """The deployment manager's step: the packaged repository entry (staged = REPO/NAME with
     config.pbtxt and VERSION/model.onnx) -> a bundle in out_dir, signed with the hub's key.
-    options: `held_out` (an .npz with X and y on the hub) for accuracy figures."""
+    options: `held_out` (an .npz with X and y on the hub) for accuracy figures,
+    `quantization` ("dynamic", the default, or "static": calibrated on held-out rows)."""
     staged = Path(staged)
     model = staged / str(version) / fmt.MODEL
     if not model.is_file():
@@ -179,4 +213,5 @@ def build_bundle_for_deployment(staged: str | Path, out_dir: str | Path, state_d
                             key=hub_key(state_dir), held_out=held_out,
                             provenance_id=str(record.get("provenance_id") or record.get("id") or ""),
                             extra={"deployment": {"id": record.get("id"), "owner": record.get("owner"),
-                                                  "target": record.get("target")}}, progress=progress)
+                                                  "target": record.get("target")}}, progress=progress,
+                            quantization=options.get("quantization", "dynamic"))
