@@ -57,6 +57,9 @@ def repo(tmp_path_factory):
     # no config.pbtxt at all: inputs and outputs come from the ONNX model (Triton's auto-complete)
     (root / "autocomplete" / "1").mkdir(parents=True)
     (root / "autocomplete" / "1" / "model.onnx").write_bytes(onnx_bytes)
+    # not an ONNX file, and no config.pbtxt to say otherwise
+    (root / "corrupt" / "1").mkdir(parents=True)
+    (root / "corrupt" / "1" / "model.onnx").write_bytes(b"this is not an onnx model")
     return root, models
 
 
@@ -148,6 +151,7 @@ def test_repository_index_shows_every_model_and_why_one_failed(server):
     assert {n: index[n]["state"] for n in ready} == dict.fromkeys(ready, "READY")
     assert index["broken"]["state"] == "UNAVAILABLE"
     assert "config.pbtxt" in index["broken"]["reason"] and "max_batch_sizes" in index["broken"]["reason"]
+    assert index["corrupt"]["state"] == "UNAVAILABLE" and "corrupt" in index["corrupt"]["reason"]
     grpc_index = {m.name: m.state for m in server.grpc().get_model_repository_index().models}
     assert grpc_index["digits"] == "READY" and grpc_index["broken"] == "UNAVAILABLE"
 

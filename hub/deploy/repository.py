@@ -119,12 +119,13 @@ class ModelRepository:
             try:
                 versions = await asyncio.get_running_loop().run_in_executor(
                     self.executor, self._build_versions, name, model_dir, config)
-            except ModelConfigError as exc:
-                entry.reason = str(exc)
+            except Exception as exc:  # whatever breaks one model must not stop the others
+                entry.reason = str(exc) if isinstance(exc, ModelConfigError) else \
+                    f"{model_dir}: {type(exc).__name__}: {exc}"
                 entry.state = "READY" if entry.versions else "UNAVAILABLE"
                 if entry.versions:
                     log.error("reload of %s failed, previous versions keep serving: %s", name, exc)
-                raise InvalidArgument(f"failed to load '{name}': {exc}") from None
+                raise InvalidArgument(f"failed to load '{name}': {entry.reason}") from None
             old = entry.versions
             for version in versions.values():
                 version.scheduler.start()
