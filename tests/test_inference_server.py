@@ -495,6 +495,16 @@ def test_the_command_line_reports_a_bad_repository_without_a_traceback(tmp_path)
     assert run.returncode != 0
     assert f"model repository {missing} is not a directory" in run.stderr
     assert "Traceback" not in run.stderr
+    import socket
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        run = subprocess.run([sys.executable, "-m", "fedhub.hub.deploy.server", "--model-repository",
+                              str(tmp_path), "--http-port", str(port), "--grpc-port", "0"],
+                             capture_output=True, text=True, timeout=60)
+    assert run.returncode != 0 and f"HTTP port 127.0.0.1:{port}: Address already in use" in run.stderr
+    assert "Traceback" not in run.stderr
 
 
 # ------------------------------------------------------------------------ in-process, token hook

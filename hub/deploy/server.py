@@ -85,7 +85,10 @@ class InferenceServer:
         self._executor = ThreadPoolExecutor(self.workers, thread_name_prefix="fedhub-infer")
         self.repository = ModelRepository(self.model_repository, self._executor)
         await self.repository.load_all()
-        sockets = tornado.netutil.bind_sockets(self.http_port, self.host, family=socket.AF_INET)
+        try:
+            sockets = tornado.netutil.bind_sockets(self.http_port, self.host, family=socket.AF_INET)
+        except OSError as exc:
+            raise OSError(f"HTTP port {self.host}:{self.http_port}: {exc.strerror}") from None
         self.http_port = sockets[0].getsockname()[1]
         self._http = tornado.httpserver.HTTPServer(make_app(self), max_body_size=1 << 30,
                                                    max_buffer_size=1 << 30)
@@ -93,7 +96,11 @@ class InferenceServer:
         self._grpc = grpc.aio.server(options=[("grpc.max_receive_message_length", GRPC_MAX_MESSAGE),
                                               ("grpc.max_send_message_length", GRPC_MAX_MESSAGE)])
         pb_grpc.add_GRPCInferenceServiceServicer_to_server(InferenceServicer(self), self._grpc)
-        self.grpc_port = self._grpc.add_insecure_port(f"{self.host}:{self.grpc_port}")
+        try:
+            self.grpc_port = self._grpc.add_insecure_port(f"{self.host}:{self.grpc_port}")
+        except RuntimeError:
+            raise OSError(f"gRPC port {self.host}:{self.grpc_port}: cannot listen there "
+                          "(address in use?)") from None
         await self._grpc.start()
         self.ready = True
         log.info("serving %s: HTTP on http://%s:%d, gRPC on %s:%d", self.model_repository,
@@ -106,7 +113,7 @@ class InferenceServer:
         if self._http is not None:
             self._http.stop()
             try:
-                await asyncio.wait_for(self._http.close_all_connections(), grace)
+                await asyncio.wait_for(self._http.close_all_connections(), max(grace, 0.1))
             except asyncio.TimeoutError:
                 log.warning("HTTP connections still open after %.0f s; closing anyway", grace)
         if self._grpc is not None:
