@@ -128,6 +128,23 @@ def test_packaging_reports_each_step(store, tmp_path):
                      "writing steps/config.pbtxt and steps/1/model.onnx"]
 
 
+def test_pickled_pytorch_module_is_packaged_too(store, digits, tmp_path):
+    """MLflow's other PyTorch format (serialization_format="pickle": the nn.Module itself)."""
+    import mlflow.pytorch
+    import torch
+
+    _, _, X_test, _ = digits
+    x = X_test[:6].astype(np.float32)
+    with torch.no_grad():
+        expected = store["net"](torch.from_numpy(x)).numpy()
+    local = tmp_path / "pickled"
+    mlflow.pytorch.save_model(store["net"], str(local), serialization_format="pickle", pip_requirements=["torch"],
+                              signature=infer_signature(x, expected))
+    packaged = package_model(local, tmp_path / "repo", "pickled-net")
+    assert packaged.flavour == "pytorch" and read_config(packaged.model_dir).max_batch_size == 64
+    np.testing.assert_allclose(run_onnx(packaged.model_file, {"input": x})["output"], expected, atol=1e-4)
+
+
 def test_onnx_file_is_packaged_from_its_graph(store, digits, tmp_path):
     X, _, X_test, _ = digits
     model = sklearn_to_onnx(store["clf"], [Tensor("pixels", "FP32", (-1, 64))])
