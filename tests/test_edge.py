@@ -426,6 +426,36 @@ def test_agent_keeps_serving_when_the_hub_goes_away_and_is_idle_with_nothing_ass
     assert infer(a.server.port, X[:2])[1] == "1"
 
 
+def test_the_hub_token_is_not_sent_to_a_bundle_url_on_another_host(hub_api, agent, bundles, digits_model):
+    """The assignment may point at object storage; only the hub gets the owner's token."""
+    _, X, _ = digits_model
+    seen = []
+
+    class Storage(BaseHTTPRequestHandler):
+        def log_message(self, *args):
+            pass
+
+        def do_GET(self):  # noqa: N802
+            seen.append(self.headers.get("Authorization"))
+            body = bundles[1].read_bytes()
+            self.send_response(200)
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+    storage = ThreadingHTTPServer(("127.0.0.1", 0), Storage)
+    threading.Thread(target=storage.serve_forever, daemon=True).start()
+    try:
+        a = agent()
+        url = f"http://localhost:{storage.server_address[1]}/bucket/digits-1.zip"  # another origin
+        a.assignment = lambda: contract.assignment_doc(bundles[1], url, "digits", 1)
+        assert a.poll_once() == contract.SERVING and seen == [None]
+        assert infer(a.server.port, X[:2])[1] == "1"
+    finally:
+        storage.shutdown()
+        storage.server_close()
+
+
 def test_agent_pins_the_hub_key_on_first_contact_and_refuses_a_wrong_given_key(hub_api, bundles, hub_state, tmp_path):
     hub_api.assigned["field"] = bundles[1]
     a = EdgeAgent(hub_api.url, "pi-8", "field", tmp_path / "dev", token=TOKEN)

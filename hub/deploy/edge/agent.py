@@ -26,7 +26,7 @@ import sys
 import tempfile
 import threading
 from pathlib import Path
-from urllib.parse import urljoin
+from urllib.parse import urljoin, urlsplit
 
 import requests
 
@@ -139,7 +139,10 @@ class EdgeAgent:
 
     def _download(self, assignment: dict, into: Path) -> Path:
         archive = into / "bundle.zip"
-        with self.http.get(assignment["url"], stream=True, timeout=self.timeout) as resp:
+        # the hub token goes to the hub only: a bundle URL elsewhere (object storage, a CDN) gets none
+        same_origin = urlsplit(assignment["url"])[:2] == urlsplit(self.api)[:2]
+        getter = self.http.get if same_origin else requests.get
+        with getter(assignment["url"], stream=True, timeout=self.timeout) as resp:
             if resp.status_code != 200:
                 raise fmt.BundleRefused(f"download failed with HTTP {resp.status_code}")
             size = 0
