@@ -19,7 +19,7 @@ _SHIM_SOURCES = {"compression.py": _HERE / "compression.py", "shim.py": _HERE / 
 
 SPEC_DEFAULTS = {
     "compression": "none",     # "none" | "int8" | "topk": what the nodes send back
-    "downlink": None,          # "none" | "int8" | "topk": what the server sends (None: int8 if compressing)
+    "downlink": None,          # "none" | "int8" | "topk": what the server sends (None: as compression)
     "topk_fraction": 0.1,      # share of entries top-k keeps, in (0, 1]
     "topk_value_bits": 32,     # 32: kept values exact; 8: kept values quantised too
     "events_path": None,       # per-round events file (else $FEDHUB_FL_EVENTS)

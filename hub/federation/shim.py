@@ -248,7 +248,7 @@ class CodecGrid(Grid):
     def __init__(self, inner: Grid, spec: dict, events: EventLog):
         self._inner, self.spec, self.events = inner, spec, events
         self.mode = spec.get("compression", "none")
-        self.downlink = spec.get("downlink") or ("none" if self.mode == "none" else "int8")
+        self.downlink = spec.get("downlink") or self.mode  # both directions unless told
         self.fraction = float(spec.get("topk_fraction", 0.1))
         self.value_bits = int(spec.get("topk_value_bits", 32))
         self._sent: dict[str, _Outgoing] = {}
