@@ -61,3 +61,48 @@ def configure_tracking_env(ctx: SessionContext, environ=None) -> None:
     if ctx.mode == "hub":
         env.setdefault("MLFLOW_TRACKING_URI", ctx.tracking_uri)
         env.setdefault("MLFLOW_TRACKING_TOKEN", ctx.token)
+
+
+# ------------------------------------------------------------------ sharing with hub groups
+class ShareError(Exception):
+    """The hub's MLflow gate refused (status and message are its answer)."""
+
+    def __init__(self, status: int, message: str):
+        super().__init__(f"{status}: {message}")
+        self.status, self.message = status, message
+
+
+def _share_call(method: str, experiment_id: str, group: str | None = None, body: dict | None = None,
+                ctx: SessionContext | None = None) -> dict:
+    import requests
+    from urllib.parse import quote
+
+    ctx = ctx or session_context()
+    if ctx.mode != "hub":
+        raise ShareError(409, "Sharing needs a fedhub hub: this session runs standalone")
+    url = f"{ctx.hub_url}/services/mlflow/fedhub/api/experiments/{quote(str(experiment_id), safe='')}/shares"
+    if group is not None:
+        url += "/" + quote(group, safe="")
+    r = requests.request(method, url, json=body, timeout=60, headers={"Authorization": f"token {ctx.token}"})
+    try:
+        data = r.json()
+    except ValueError:
+        data = {}
+    if r.status_code != 200:
+        raise ShareError(r.status_code, data.get("message") or f"the hub answered {r.status_code}")
+    return data
+
+
+def experiment_shares(experiment_id: str, ctx: SessionContext | None = None) -> dict:
+    """{"experiment_id", "experiment_name", "shares": [{"group", "permission"}]}."""
+    return _share_call("GET", experiment_id, ctx=ctx)
+
+
+def share_experiment(experiment_id: str, group: str, permission: str = "READ",
+                     ctx: SessionContext | None = None) -> dict:
+    """Share with a hub group (READ, USE, EDIT or MANAGE); only the owner (MANAGE) may."""
+    return _share_call("POST", experiment_id, body={"group": group, "permission": permission}, ctx=ctx)
+
+
+def unshare_experiment(experiment_id: str, group: str, ctx: SessionContext | None = None) -> dict:
+    return _share_call("DELETE", experiment_id, group=group, ctx=ctx)

@@ -13,6 +13,7 @@ import html
 
 import ipywidgets as w
 
+from . import client
 from .tracking import Tracking, run_to_dict
 
 
@@ -31,8 +32,20 @@ class ExperimentsWidget(w.VBox):
         self.metric = w.Dropdown(description="Metric")
         self.chart = w.Output()
         self.status = w.HTML()
-        super().__init__([w.HBox([self.experiment, self.refresh_button]), self.sort, self.table,
+        # sharing with hub groups (hub sessions only)
+        self.shares = w.HTML()
+        self.share_group = w.Text(description="Hub group", placeholder="lab")
+        self.share_permission = w.Dropdown(options=["READ", "USE", "EDIT", "MANAGE"], value="READ",
+                                           description="Permission")
+        self.share_button = w.Button(description="Share")
+        self.unshare_button = w.Button(description="Unshare")
+        self.share_row = w.VBox([self.shares, w.HBox([self.share_group, self.share_permission,
+                                                      self.share_button, self.unshare_button])])
+        self.share_row.layout.display = None if client.session_context().mode == "hub" else "none"
+        super().__init__([w.HBox([self.experiment, self.refresh_button]), self.share_row, self.sort, self.table,
                           w.HBox([self.run, self.metric]), self.chart, self.status], **kwargs)
+        self.share_button.on_click(lambda _: self._share(unshare=False))
+        self.unshare_button.on_click(lambda _: self._share(unshare=True))
         self.experiment.observe(lambda _: self.show_runs(), "value")
         self.run.observe(lambda _: self._metrics_of_run(), "value")
         self.metric.observe(lambda _: self.plot(), "value")
@@ -52,7 +65,35 @@ class ExperimentsWidget(w.VBox):
             self.experiment.value = wanted[0]
         self.show_runs()
 
+    def show_shares(self) -> None:
+        if self.experiment.value is None or self.share_row.layout.display == "none":
+            return
+        try:
+            shares = client.experiment_shares(self.experiment.value)["shares"]
+        except client.ShareError as e:
+            self.shares.value = f"<b>Sharing:</b> {html.escape(e.message)}"
+            return
+        listed = ", ".join(f"{s['group']} ({s['permission']})" for s in shares) or "no group"
+        self.shares.value = f"Shared with: {html.escape(listed)}"
+
+    def _share(self, unshare: bool) -> None:
+        group = self.share_group.value.strip()
+        if not group or self.experiment.value is None:
+            self.status.value = "<b>Sharing:</b> name a hub group"
+            return
+        try:
+            if unshare:
+                client.unshare_experiment(self.experiment.value, group)
+            else:
+                client.share_experiment(self.experiment.value, group, self.share_permission.value)
+        except client.ShareError as e:
+            self.status.value = f"<b>Sharing:</b> {html.escape(e.message)}"
+            return
+        self.status.value = ""
+        self.show_shares()
+
     def show_runs(self) -> None:
+        self.show_shares()
         if self.experiment.value is None:
             self.table.value = "<i>No experiments yet.</i>"
             return

@@ -170,3 +170,29 @@ def test_experiments_panel_shares_through_the_session_api(hub):
     assert r.status_code == 403
     r = requests.delete(f"{api}/lab", headers=headers)
     assert r.status_code == 404 and "not shared" in r.json()["message"]
+
+
+def test_experiments_widget_shares_too(hub, monkeypatch):
+    from fedhub.server_ext.widgets import ExperimentsWidget
+
+    token = hub.create_user("wanda")
+    _wait_for_mlflow(hub, token)
+    r = requests.post(f"{hub.url}/services/mlflow/api/2.0/mlflow/experiments/create",
+                      headers={"Authorization": f"token {token}"}, json={"name": "wanda-exp"})
+    assert r.status_code == 200, r.text
+    exp_id = r.json()["experiment_id"]
+    # what a session's kernel has (the widget runs in this process, as in a VS Code notebook)
+    for k, v in {"JUPYTERHUB_API_TOKEN": token, "FEDHUB_URL": hub.url, "MLFLOW_TRACKING_TOKEN": token,
+                 "MLFLOW_TRACKING_URI": f"{hub.url}/services/mlflow"}.items():
+        monkeypatch.setenv(k, v)
+    widget = ExperimentsWidget(experiment="wanda-exp")
+    assert widget.experiment.value == exp_id and widget.shares.value == "Shared with: no group"
+    widget.share_group.value, widget.share_permission.value = "lab", "EDIT"
+    widget.share_button.click()
+    assert widget.shares.value == "Shared with: lab (EDIT)" and widget.status.value == ""
+    widget.share_group.value = "nope"
+    widget.share_button.click()
+    assert "No hub group &#x27;nope&#x27;" in widget.status.value
+    widget.share_group.value = "lab"
+    widget.unshare_button.click()
+    assert widget.shares.value == "Shared with: no group"
