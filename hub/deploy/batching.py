@@ -5,9 +5,9 @@ it reaches max_batch_size rows or the largest preferred_batch_size, when a prefe
 reached and nothing more is queued, or when the oldest request has waited
 max_queue_delay_microseconds. While every instance is busy, requests keep queueing, so the
 next batch takes them all. Each instance_group instance runs one batch at a time, in the
-server's worker threads, so the event loop keeps serving; a model measured to execute in well
-under a thread hand-off (INLINE_BUDGET) runs on the event loop instead, which for small models
-costs less than the hop itself.
+server's worker threads, so the event loop keeps serving; an ONNX model measured to execute in
+well under a thread hand-off (INLINE_BUDGET) runs on the event loop instead, which for small
+models costs less than the hop itself.
 """
 
 from __future__ import annotations
@@ -60,6 +60,7 @@ class Scheduler:
         self._seconds_per_row: float | None = None  # moving average of measured executions
         self._running = 0  # executions in progress
         self._forming: list = []  # the batch being gathered (already off the queue)
+        self.inline_allowed = getattr(backend, "runs_inline", False)
 
     def start(self) -> None:
         if self.batching and not self._workers:
@@ -154,18 +155,26 @@ class Scheduler:
         results = self.backend.execute(requests)
         per_row = (time.perf_counter() - start) / max(1, sum(self._rows(r) for r in requests))
         average = self._seconds_per_row
-        self._seconds_per_row = per_row if average is None else 0.8 * average + 0.2 * per_row
+        if average is None or per_row < average:  # falls fast (the first run warms up) ...
+            self._seconds_per_row = per_row if average is None else 0.5 * (average + per_row)
+        else:  # ... and rises slowly: one run stretched by a busy machine is not the model's cost
+            self._seconds_per_row = 0.95 * average + 0.05 * min(per_row, 4 * average)
         return results
 
     def _runs_inline(self, request: InferRequest) -> bool:
-        return self._seconds_per_row is not None and \
-            self._seconds_per_row * self._rows(request) < INLINE_BUDGET
+        return self._inline_rows(self._rows(request))
+
+    def _inline_rows(self, rows: int) -> bool:
+        """Only backends whose cost follows the rows (ONNX) run inline: a Python model may
+        sleep or wait on I/O, which must never stall the event loop."""
+        return self.inline_allowed and self._seconds_per_row is not None and \
+            self._seconds_per_row * rows < INLINE_BUDGET
 
     async def _execute(self, requests: list[InferRequest]) -> list:
         rows = sum(self._rows(r) for r in requests)
         self._running += 1
         try:
-            if self._seconds_per_row is not None and self._seconds_per_row * rows < INLINE_BUDGET:
+            if self._inline_rows(rows):
                 results = self._timed_execute(requests)
             else:
                 results = await asyncio.get_running_loop().run_in_executor(

@@ -58,6 +58,7 @@ def complete_config(config: ModelConfig, version_dir: Path) -> None:
 
 
 class OnnxBackend:
+    runs_inline = True  # cost follows the rows: a fast model may run on the event loop
     def __init__(self, config: ModelConfig, version_dir: Path, model_name: str, version: int):
         self.config, self.model_name = config, model_name
         path = model_file(config, version_dir)
