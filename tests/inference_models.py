@@ -65,13 +65,15 @@ def torch_mlp_model(repo: Path, name: str = "mlp", *, max_batch_size: int = 32, 
 
 BATCH_RECORDER = '''
 import json
+import threading
 import time
 import numpy as np
 import triton_python_backend_utils as pb_utils
 
 
 class TritonPythonModel:
-    """Doubles INPUT0; appends how many requests each execute() got to batches.log."""
+    """Doubles INPUT0; appends how many requests each execute() got, and the thread it ran
+    on, to batches.log."""
 
     def initialize(self, args):
         self.config = json.loads(args["model_config"])
@@ -81,7 +83,7 @@ class TritonPythonModel:
 
     def execute(self, requests):
         with open(self.log, "a") as f:
-            f.write(f"{len(requests)}\\n")
+            f.write(f"{len(requests)} {threading.current_thread().name}\\n")
         time.sleep(SLEEP)
         responses = []
         for request in requests:

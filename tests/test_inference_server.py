@@ -300,8 +300,11 @@ def test_dynamic_batching_merges_concurrent_requests_and_keeps_results_apart(ser
     outputs = run_concurrently([call(i) for i in range(8)])
     for i, out in enumerate(outputs):
         np.testing.assert_array_equal(out, inputs[i] * 2)
-    sizes = [int(n) for n in log.read_text().split()]
+    lines = [line.split() for line in log.read_text().splitlines()]
+    sizes = [int(size) for size, _ in lines]
     assert sum(sizes) == 8 and max(sizes) > 1, sizes  # execute() got several requests at once
+    # a Python model never runs on the event loop's thread (it may sleep, as this one does)
+    assert all(thread.startswith("fedhub-infer") for _, thread in lines), lines
 
     # ONNX: requests of different batch sizes merged along dim 0, split back per request
     import torch
