@@ -120,12 +120,12 @@ def main(argv=None) -> int:
         hub = FedhubHubWithMlflow(Path(tmp) / "hub")
         hub.start(timeout=180)
         try:
-            token = requests.post(f"{hub.url}/hub/api/users/bench-user/tokens", json={},
-                                  headers={"Authorization": f"token {hub.token}"}, timeout=30)
-            if token.status_code == 404:
-                requests.post(f"{hub.url}/hub/api/users/bench-user", headers={"Authorization": f"token {hub.token}"})
-                token = requests.post(f"{hub.url}/hub/api/users/bench-user/tokens", json={},
-                                      headers={"Authorization": f"token {hub.token}"}, timeout=30)
+            admin = {"Authorization": f"token {hub.token}"}
+            requests.post(f"{hub.url}/hub/api/users/bench-user", headers=admin, timeout=30)
+            token = requests.post(f"{hub.url}/hub/api/users/bench-user/tokens", json={"note": "bench"},
+                                  headers=admin, timeout=30)
+            if token.status_code != 201:
+                raise SystemExit(f"could not create the user's token: {token.status_code} {token.text}")
             token = token.json()["token"]
             wait_ok(f"{hub.url}/services/mlflow/api/2.0/mlflow/experiments/search?max_results=1", token)
             wait_ok(f"{hub.url}/services/inference/v2/health/ready", token)

@@ -9,6 +9,7 @@ proxy) and gRPC. Nothing is mocked.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import subprocess
@@ -158,9 +159,12 @@ def test_deploy_to_embedded_and_call_with_unmodified_tritonclient(env):
     assert via_hub.endswith("/services/inference")
     assert np.array_equal(http_infer(via_hub, ep["model_name"], X, headers={"Authorization": f"token {alice}"}),
                           expected)
-    # through the hub, no token -> refused by the gate
+    # through the hub, no token -> refused by the gate; users cannot unload models there
     r = requests.get(f"{ep['http_via_hub']}/v2/models/{ep['model_name']}", timeout=10)
     assert r.status_code in (401, 403), r.text
+    r = requests.post(f"{ep['http_via_hub']}/v2/repository/models/{ep['model_name']}/unload",
+                      headers={"Authorization": f"token {env['bob']}"}, timeout=10)
+    assert r.status_code == 403 and "deployments API" in r.json()["error"]
 
     # test inference from the API: a generated sample, and the caller's own inputs
     r = hub.fedhub_api(f"/deployments/{dep['id']}/infer", alice, method="POST", json={"sample": True})
@@ -270,6 +274,31 @@ def test_bad_requests_on_routes_are_4xx(env):
     device_only = r.json()["token"]
     r = hub.fedhub_api("/deployments", device_only)
     assert r.status_code == 403 and "custom:fedhub:deployments:read" in r.json()["message"]
+
+
+class Echo:  # a pyfunc-only model: MLflow can serve it, Triton packaging cannot
+    def predict(self, context, model_input, params=None):
+        return model_input
+
+
+def test_unsupported_flavour_is_refused_before_anything_runs(env):
+    import mlflow
+    import mlflow.pyfunc
+    hub, alice = env["hub"], env["alice"]
+    os.environ["MLFLOW_TRACKING_TOKEN"] = alice
+    mlflow.set_tracking_uri(f"{hub.url}/services/mlflow")
+    try:
+        mlflow.set_experiment("alice-exp")
+        with mlflow.start_run() as run:
+            echo = type("EchoModel", (mlflow.pyfunc.PythonModel,), {"predict": Echo.predict})
+            mlflow.pyfunc.log_model(name="echo", python_model=echo(), pip_requirements=["mlflow"])
+    finally:
+        os.environ.pop("MLFLOW_TRACKING_TOKEN", None)
+        mlflow.set_tracking_uri(None)
+    r = hub.fedhub_api("/deployments", alice, method="POST", json={"model": f"runs:/{run.info.run_id}/echo",
+                                                                  "name": "echo"})
+    assert r.status_code == 400, r.text
+    assert "deployable flavours are onnx, sklearn, pytorch" in r.json()["message"]
 
 
 def test_broken_model_fails_with_a_reason_and_the_others_keep_serving(env):
@@ -405,3 +434,51 @@ def test_undeploy_makes_the_model_unavailable(env):
                if m["name"] == record["model_name"])
     assert not (hub.data_dir / "models" / record["model_name"]).exists()
     assert client.is_server_live()
+
+
+async def test_site_target_writes_valid_manifests_from_a_workspace_onnx_file(tmp_path):
+    """The manager alone (no hub: the inventory is a list here) for a Kubernetes site: a
+    workspace .onnx file -> packaged repository + Triton manifests, valid for Kubernetes 1.37."""
+    import yaml
+    from kubernetes_validate import validate
+
+    from fedhub.hub.deploy.manager import DeployError, DeploymentManager
+    from fedhub.hub.deploy.store import DeploymentStore
+    from inference_models import sklearn_digits_model
+    home = tmp_path / "homes" / "carol"
+    sklearn_digits_model(home / "work", "digits")
+    settings = {"homes_dir": str(tmp_path / "homes"), "models_dir": str(tmp_path / "models")}
+    sites = [{"name": "cloud", "kind": "kubernetes", "up": False}, {"name": "local", "kind": "local"}]
+    manager = DeploymentManager(DeploymentStore(tmp_path / "state"), settings, sites=lambda: sites)
+    with pytest.raises(DeployError, match="No Kubernetes site 'local'"):
+        await manager.deploy("carol", "", {"model": "/x.onnx", "name": "d", "target": "site:local"})
+    with pytest.raises(DeployError, match="only .onnx files in your own workspace"):
+        await manager.deploy("dave", "", {"model": str(home / "work/digits/1/model.onnx"), "name": "d",
+                                          "target": "site:cloud"})
+    record = await manager.deploy("carol", "", {"model": str(home / "work/digits/1/model.onnx"), "name": "digits",
+                                                "target": "site:cloud"})
+    for _ in range(600):
+        if manager.records[record["id"]]["status"] != "deploying":
+            break
+        await asyncio.sleep(0.1)
+    record = manager.get("carol", record["id"])
+    assert record["status"] == "manifests-ready", record["error"]
+    assert [s["name"] for s in record["steps"]] == ["resolve", "package", "manifests"]
+    docs = list(yaml.safe_load_all(manager.manifests("carol", record["id"])))
+    assert {d["kind"] for d in docs} == {"Deployment", "Service"}
+    for doc in docs:
+        validate(doc, "1.37", strict=True)
+    assert record["endpoint"]["site"] == "cloud"
+    with pytest.raises(DeployError, match="No deployment"):
+        manager.manifests("dave", record["id"])
+    # a second version, then back to the first
+    await manager.deploy("carol", "", {"model": str(home / "work/digits/1/model.onnx"), "name": "digits",
+                                       "target": "site:cloud"})
+    for _ in range(600):
+        if manager.records[record["id"]]["status"] != "deploying":
+            break
+        await asyncio.sleep(0.1)
+    assert manager.get("carol", record["id"])["current_version"] == 2
+    rolled = await manager.rollback("carol", record["id"])
+    assert rolled["current_version"] == 1 and rolled["status"] == "manifests-ready"
+    assert "fedhub.io/version: '1'" in manager.manifests("carol", record["id"])

@@ -39,9 +39,12 @@ def warm_up() -> None:
     import mlflow.models  # noqa: F401
     import mlflow.sklearn  # noqa: F401
     import onnx  # noqa: F401
-    import skl2onnx  # noqa: F401
+    from sklearn.linear_model import LogisticRegression
 
-    from . import packaging  # noqa: F401
+    from .packaging import Tensor, sklearn_to_onnx
+    # skl2onnx registers its converters on the first conversion: pay that now, on a toy model
+    toy = LogisticRegression().fit(np.array([[0.0, 1.0], [1.0, 0.0]]), [0, 1])
+    sklearn_to_onnx(toy, [Tensor("X", "FP32", (-1, 2))])
 
 
 def _configs_dir(model_dir: Path) -> Path:
