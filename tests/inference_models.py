@@ -45,7 +45,8 @@ def sklearn_digits_model(repo: Path, name: str = "digits", *, max_batch_size: in
     return pipeline
 
 
-def torch_mlp_model(repo: Path, name: str = "mlp", *, max_batch_size: int = 32, delay_us: int = 0):
+def torch_mlp_model(repo: Path, name: str = "mlp", *, max_batch_size: int = 32, delay_us: int = 0,
+                    preferred: tuple[int, ...] = ()):
     """A small PyTorch MLP (8 -> 16 -> 3) exported with torch.onnx and a dynamic batch dim.
     Returns the torch module (the reference forward)."""
     import torch
@@ -59,6 +60,7 @@ def torch_mlp_model(repo: Path, name: str = "mlp", *, max_batch_size: int = 32, 
                       dynamo=True, external_data=False, verbose=False)
     write_config(make_config(name, [("x", "FP32", [8])], [("y", "FP32", [3])],
                              max_batch_size=max_batch_size, dynamic_batching=True,
+                             preferred_batch_sizes=preferred,
                              max_queue_delay_microseconds=delay_us), repo / name)
     return module
 
@@ -119,13 +121,15 @@ class TritonPythonModel:
 
 
 def python_batch_recorder(repo: Path, name: str = "recorder", *, delay_us: int = 300_000,
-                          sleep_s: float = 0.05, max_batch_size: int = 16) -> Path:
+                          sleep_s: float = 0.05, max_batch_size: int = 16,
+                          preferred: tuple[int, ...] = ()) -> Path:
     """Python-backend model with dynamic batching that logs the batch sizes it sees."""
     (repo / name / "1").mkdir(parents=True, exist_ok=True)
     (repo / name / "1" / "model.py").write_text(BATCH_RECORDER.replace("SLEEP", repr(sleep_s)))
     write_config(make_config(name, [("INPUT0", "FP32", [4])], [("OUTPUT0", "FP32", [4])],
                              backend=PYTHON_BACKEND, max_batch_size=max_batch_size,
-                             dynamic_batching=True, max_queue_delay_microseconds=delay_us),
+                             dynamic_batching=True, preferred_batch_sizes=preferred,
+                             max_queue_delay_microseconds=delay_us),
                  repo / name)
     return repo / name / "batches.log"
 

@@ -39,9 +39,10 @@ def repo(tmp_path_factory):
     root = tmp_path_factory.mktemp("model-repository")
     models = {
         "digits": inference_models.sklearn_digits_model(root),
-        # a queue delay so that concurrent requests are merged into one ONNX batch
-        "mlp": inference_models.torch_mlp_model(root, delay_us=150_000),
-        "recorder_log": inference_models.python_batch_recorder(root),
+        # queue delays so that concurrent requests are merged even on a busy machine; the
+        # batching test's requests fill the preferred size, which dispatches at once
+        "mlp": inference_models.torch_mlp_model(root, delay_us=400_000, preferred=(16,)),
+        "recorder_log": inference_models.python_batch_recorder(root, delay_us=1_000_000, preferred=(8,)),
     }
     inference_models.python_text_model(root)
     inference_models.broken_model(root)
