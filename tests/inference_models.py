@@ -120,6 +120,35 @@ class TritonPythonModel:
 '''
 
 
+AUTO_COMPLETE_MODEL = '''
+import triton_python_backend_utils as pb_utils
+
+
+class TritonPythonModel:
+    """config.pbtxt names only the backend; the model declares its tensors, as Triton allows."""
+
+    @staticmethod
+    def auto_complete_config(auto_complete_model_config):
+        auto_complete_model_config.add_input({"name": "A", "data_type": "TYPE_INT32", "dims": [2]})
+        auto_complete_model_config.add_output({"name": "SUM", "data_type": "TYPE_INT32", "dims": [1]})
+        auto_complete_model_config.set_max_batch_size(8)
+        auto_complete_model_config.set_dynamic_batching()
+        return auto_complete_model_config
+
+    def execute(self, requests):
+        return [pb_utils.InferenceResponse(output_tensors=[pb_utils.Tensor(
+            "SUM", pb_utils.get_input_tensor_by_name(r, "A").as_numpy().sum(axis=1, keepdims=True))])
+            for r in requests]
+'''
+
+
+def python_auto_complete_model(repo: Path, name: str = "autopy") -> None:
+    """A Python model whose config.pbtxt says only `backend: "python"`."""
+    (repo / name / "1").mkdir(parents=True, exist_ok=True)
+    (repo / name / "1" / "model.py").write_text(AUTO_COMPLETE_MODEL)
+    (repo / name / "config.pbtxt").write_text('backend: "python"\n')
+
+
 def python_batch_recorder(repo: Path, name: str = "recorder", *, delay_us: int = 300_000,
                           sleep_s: float = 0.05, max_batch_size: int = 16,
                           preferred: tuple[int, ...] = ()) -> Path:

@@ -45,6 +45,7 @@ def repo(tmp_path_factory):
         "recorder_log": inference_models.python_batch_recorder(root, delay_us=1_000_000, preferred=(8,)),
     }
     inference_models.python_text_model(root)
+    inference_models.python_auto_complete_model(root)
     inference_models.broken_model(root)
     onnx_bytes = (root / "digits" / "1" / "model.onnx").read_bytes()
     # three versions, of which the policy serves the latest two
@@ -148,7 +149,7 @@ def test_model_metadata_and_config(server):
 
 def test_repository_index_shows_every_model_and_why_one_failed(server):
     index = {row["name"]: row for row in server.http().get_model_repository_index()}
-    ready = ("autocomplete", "digits", "mlp", "recorder", "text", "versioned")
+    ready = ("autocomplete", "autopy", "digits", "mlp", "recorder", "text", "versioned")
     assert {n: index[n]["state"] for n in ready} == dict.fromkeys(ready, "READY")
     assert index["broken"]["state"] == "UNAVAILABLE"
     assert "config.pbtxt" in index["broken"]["reason"] and "max_batch_sizes" in index["broken"]["reason"]
@@ -175,6 +176,12 @@ def test_version_policy_and_config_auto_complete(server, repo):
     assert {o["name"] for o in meta["outputs"]} == {"label", "probabilities"}
     result = http.infer("autocomplete", [http_input("X", X, "FP32")])
     np.testing.assert_array_equal(result.as_numpy("label"), want)
+    # a Python model's auto_complete_config() fills in what config.pbtxt left out
+    config = grpc.get_model_config("autopy").config
+    assert config.max_batch_size == 8 and config.HasField("dynamic_batching")
+    assert http.get_model_metadata("autopy")["inputs"] == [{"name": "A", "datatype": "INT32", "shape": [-1, 2]}]
+    a = np.array([[1, 2], [30, 40]], dtype=np.int32)
+    np.testing.assert_array_equal(grpc.infer("autopy", [grpc_input("A", a, "INT32")]).as_numpy("SUM"), [[3], [70]])
 
 
 # ------------------------------------------------------------------------ inference

@@ -171,7 +171,9 @@ class ModelRepository:
         validate_config(config, name, source, require_io=False)
         if backend_of(config) == ONNX_BACKEND:
             from .backends.onnx import complete_config
-            complete_config(config, model_dir / str(serve[-1]))
+        else:
+            from .backends.python import complete_config
+        complete_config(config, model_dir / str(serve[-1]))
         validate_config(config, name, source)
         versions: dict[int, ModelVersion] = {}
         try:

@@ -13,7 +13,8 @@ import sys
 from pathlib import Path
 
 from ..inference import InferRequest, Tensor
-from ..model_config import ModelConfig, ModelConfigError, config_to_dict, config_type_to_protocol
+from ..model_config import (ModelConfig, ModelConfigError, config_from_json, config_to_dict,
+                            config_type_to_protocol)
 from ..tensors import InvalidArgument, protocol_dtype
 from . import triton_python_backend_utils as pb_utils
 
@@ -21,22 +22,46 @@ DEFAULT_FILENAME = "model.py"
 _module_ids = itertools.count()
 
 
+def _model_class(config: ModelConfig, version_dir: Path):
+    """Import model.py (each load gets a fresh module) and return its TritonPythonModel."""
+    path = version_dir / (config.default_model_filename or DEFAULT_FILENAME)
+    if not path.is_file():
+        raise ModelConfigError(f"{path}: model file not found")
+    # model.py does `import triton_python_backend_utils as pb_utils`
+    sys.modules.setdefault("triton_python_backend_utils", pb_utils)
+    spec = importlib.util.spec_from_file_location(f"fedhub_python_model_{next(_module_ids)}", path)
+    module = importlib.util.module_from_spec(spec)
+    try:
+        spec.loader.exec_module(module)
+        return module.TritonPythonModel
+    except Exception as exc:
+        raise ModelConfigError(f"{path}: cannot load the Python model: {type(exc).__name__}: {exc}") from None
+
+
+def complete_config(config: ModelConfig, version_dir: Path) -> None:
+    """Call the model's `auto_complete_config(pb_utils.ModelConfig)` if it has one (Triton
+    does, before `initialize`), and take the inputs, outputs and batching it sets."""
+    model_class = _model_class(config, version_dir)
+    if not hasattr(model_class, "auto_complete_config"):
+        return
+    try:
+        completed = model_class.auto_complete_config(pb_utils.ModelConfig(config_to_dict(config)))
+        completed_config = config_from_json(json.dumps(completed.as_dict()), "auto_complete_config")
+    except Exception as exc:
+        raise ModelConfigError(f"{version_dir}: auto_complete_config() failed: "
+                               f"{type(exc).__name__}: {exc}") from None
+    config.CopyFrom(completed_config)
+
+
 class PythonBackend:
     def __init__(self, config: ModelConfig, version_dir: Path, model_name: str, version: int):
         self.config, self.model_name = config, model_name
         path = version_dir / (config.default_model_filename or DEFAULT_FILENAME)
-        if not path.is_file():
-            raise ModelConfigError(f"{path}: model file not found")
-        # model.py does `import triton_python_backend_utils as pb_utils`
-        sys.modules.setdefault("triton_python_backend_utils", pb_utils)
-        spec = importlib.util.spec_from_file_location(
-            f"fedhub_python_model_{next(_module_ids)}", path)
-        module = importlib.util.module_from_spec(spec)
+        model_class = _model_class(config, version_dir)
         try:
-            spec.loader.exec_module(module)
-            self.model = module.TritonPythonModel()
+            self.model = model_class()
         except Exception as exc:
-            raise ModelConfigError(f"{path}: cannot load the Python model: {type(exc).__name__}: {exc}") from None
+            raise ModelConfigError(f"{path}: cannot create TritonPythonModel: {type(exc).__name__}: {exc}") from None
         self.output_types = {t.name: config_type_to_protocol(t.data_type) for t in config.output}
         args = {"model_config": json.dumps(config_to_dict(config)), "model_instance_kind": "CPU",
                 "model_instance_name": f"{model_name}_0", "model_instance_device_id": "0",

@@ -137,6 +137,47 @@ class InferenceResponse:
         return self._error
 
 
+class ModelConfig:
+    """What `TritonPythonModel.auto_complete_config` receives and returns: the model's config
+    as a dict, with Triton's helpers to fill in what config.pbtxt left out."""
+
+    def __init__(self, model_config: dict):
+        self._config = dict(model_config)
+
+    def as_dict(self) -> dict:
+        return self._config
+
+    def set_max_batch_size(self, max_batch_size: int) -> None:
+        current = int(self._config.get("max_batch_size", 0))
+        if current and current != max_batch_size:
+            raise TritonModelException(
+                f"max_batch_size is {current} in config.pbtxt; auto-complete asked for {max_batch_size}")
+        self._config["max_batch_size"] = int(max_batch_size)
+
+    def set_dynamic_batching(self) -> None:
+        self._config.setdefault("dynamic_batching", {})
+
+    def set_model_transaction_policy(self, transaction_policy_dict: dict) -> None:
+        self._config["model_transaction_policy"] = dict(transaction_policy_dict)
+
+    def add_input(self, input: dict) -> None:  # noqa: A002 (Triton's parameter name)
+        self._add("input", input)
+
+    def add_output(self, output: dict) -> None:
+        self._add("output", output)
+
+    def _add(self, kind: str, tensor: dict) -> None:
+        if "name" not in tensor:
+            raise TritonModelException(f"auto-complete: an {kind} needs a 'name'")
+        tensors = self._config.setdefault(kind, [])
+        existing = next((t for t in tensors if t["name"] == tensor["name"]), None)
+        if existing is None:
+            tensors.append(dict(tensor))
+            return
+        for key, value in tensor.items():  # config.pbtxt wins; only fill what it left out
+            existing.setdefault(key, value)
+
+
 def get_input_tensor_by_name(request: InferenceRequest, name: str) -> Tensor | None:
     return next((t for t in request.inputs() if t.name() == name), None)
 
