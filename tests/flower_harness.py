@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import json
 import os
-import signal
 import socket
 import subprocess
 import sys
@@ -23,6 +22,8 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
+
+import psutil
 
 BIN = Path(sys.executable).parent
 
@@ -137,15 +138,33 @@ class FlowerDeployment:
         return path.read_text(errors="replace") if path.exists() else ""
 
     def stop(self) -> None:
-        for proc in reversed(self.procs):
-            if proc.poll() is None:
-                os.killpg(proc.pid, signal.SIGTERM)
+        """Stop every process started here and all their descendants. The SuperLink's
+        SuperExec starts its own session (so a process-group kill misses it) and it starts
+        the flwr-serverapp processes: collect the whole tree first, then signal each."""
+        tree: list[psutil.Process] = []
         for proc in self.procs:
             try:
-                proc.wait(timeout=10)
+                root = psutil.Process(proc.pid)
+                tree += [root, *root.children(recursive=True)]
+            except psutil.NoSuchProcess:
+                pass
+        for process in reversed(tree):
+            try:
+                process.terminate()
+            except psutil.NoSuchProcess:
+                pass
+        _, alive = psutil.wait_procs(tree, timeout=10)
+        for process in alive:
+            try:
+                process.kill()
+            except psutil.NoSuchProcess:
+                pass
+        psutil.wait_procs(alive, timeout=5)
+        for proc in self.procs:
+            try:
+                proc.wait(timeout=5)  # reap
             except subprocess.TimeoutExpired:
-                os.killpg(proc.pid, signal.SIGKILL)
-                proc.wait()
+                pass
         self.procs.clear()
 
     def __enter__(self) -> "FlowerDeployment":

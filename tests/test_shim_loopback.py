@@ -163,3 +163,26 @@ def test_a_node_that_lost_its_model_gets_full_weights_again(tmp_path):
     events = [json.loads(x) for x in (tmp_path / "events.jsonl").read_text().splitlines()]
     assert [e["failures"] for e in events] == [0, 1, 0]
     assert "hold no model" in events[1]["nodes"][0]["error"]
+
+
+def test_shim_server_app_runs_the_users_main_even_when_events_cannot_be_written(tmp_path):
+    """No compression, an unwritable events file: the user's ServerApp runs as is."""
+    from flwr.serverapp import ServerApp
+
+    from fedhub.hub.federation.shim import ShimServerApp
+
+    seen = {}
+    user = ServerApp()
+
+    @user.main()
+    def main(grid, context):
+        weights = {"w": np.arange(6, dtype=np.float32)}
+        (reply,) = grid.send_and_receive(_train_messages(grid, weights, 1))
+        seen["reply"] = _arrays(reply)
+        seen["grid"] = type(grid).__name__
+
+    inner = LoopbackGrid(_user_client_app(step=1.0), nodes=(11,))  # the user's own ClientApp
+    app = ShimServerApp(user, {"compression": "none", "events_path": "/dev/null/events.jsonl"})
+    app(inner, Context(7, 0, {}, RecordDict(), {}))
+    assert seen["grid"] == "CodecGrid"
+    np.testing.assert_array_equal(seen["reply"]["w"], np.arange(6, dtype=np.float32) + 1.0)
