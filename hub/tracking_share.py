@@ -214,9 +214,6 @@ class ShareAPIHandler(HubOAuthenticated, web.RequestHandler):
     def get_login_url(self):
         raise web.HTTPError(401, "Authentication required: send your hub token")
 
-    def check_xsrf_cookie(self):
-        pass  # token-authenticated API calls; cookies are not accepted here (no HTML login)
-
     def write_error(self, status_code, **kwargs):
         exc = kwargs.get("exc_info", (None, None, None))[1]
         if isinstance(exc, ShareError):
