@@ -39,36 +39,71 @@ def lab(hub):
         browser.close()
 
 
+def launch(panel, app: str, sites: list[str], rounds: int, compression: str = "none") -> str:
+    """Fill the form, press Launch; the new job's id once the panel follows it."""
+    panel.get_by_label("Flower app").select_option(app)
+    for box in panel.get_by_role("group", name="Sites").get_by_role("checkbox").all():
+        box.uncheck()
+    for site in sites:
+        panel.get_by_role("checkbox", name=site).check()
+    panel.get_by_role("spinbutton", name="Rounds").fill(str(rounds))
+    panel.get_by_label("Compression").select_option(compression)
+    rows = panel.get_by_role("table", name="Jobs").locator("tbody tr")
+    before = rows.count()
+    panel.get_by_role("button", name="Launch").click()
+    expect(rows).to_have_count(before + 1, timeout=60_000)  # newest first
+    job_id = rows.first.get_by_role("button").inner_text()
+    expect(panel.get_by_label("Current job").get_by_role("heading")).to_have_text(f"Job {job_id}")
+    return job_id
+
+
 def test_federated_panel_launches_the_example_and_charts_each_round(lab, hub):
-    shutil.copytree(EXAMPLE_APP, hub.data_dir / "homes" / USER / "digits")  # the user's workspace
+    home = hub.data_dir / "homes" / USER
+    shutil.copytree(EXAMPLE_APP, home / "digits")  # the user's workspace
+    broken = home / "broken-digits"  # the same app, with a ServerApp that raises
+    shutil.copytree(EXAMPLE_APP, broken)
+    server_app = broken / "digits_app" / "server_app.py"
+    server_app.write_text(server_app.read_text().replace(
+        "    cfg = context.run_config\n", '    raise RuntimeError("the data went missing on purpose")\n'))
     panel = open_side_panel(lab, "Federated")
     panel.get_by_role("button", name="Refresh").click()
-    app = panel.get_by_label("Flower app")
-    expect(app.locator("option[value='digits']")).to_have_count(1)
-    app.select_option("digits")
-    for site in ("local-a", "local-b"):
-        panel.get_by_role("checkbox", name=site).check()
-    panel.get_by_label("Rounds", exact=True).fill("2")
-    panel.get_by_label("Compression").select_option("int8")
-    panel.get_by_role("button", name="Launch").click()
+    expect(panel.get_by_label("Flower app").locator("option[value='digits']")).to_have_count(1)
 
+    good = launch(panel, "digits", ["local-a", "local-b"], 2, compression="int8")
     job = panel.get_by_label("Current job")
-    expect(job.get_by_role("status")).to_contain_text("State:", timeout=30_000)
     # the chart appears with the first finished round, while the job still runs
     expect(job.get_by_label("Metrics per round chart")).to_be_visible(timeout=240_000)
+    jobs = panel.get_by_role("table", name="Jobs")
+
+    # meanwhile a job whose ServerApp raises (each job has its own SuperLink and SuperNodes):
+    # its reason and the ServerApp's log tail
+    launch(panel, "broken-digits", ["local-a"], 1)
+    expect(job.get_by_role("status")).to_contain_text("State: failed", timeout=180_000)
+    expect(job.get_by_role("alert")).to_contain_text("Failed:")
+    expect(job.get_by_label("Log tail")).to_contain_text("the data went missing on purpose")
+
+    # back to the good job, picked from the list
+    jobs.get_by_role("button", name=good, exact=True).click()
     expect(job.get_by_role("status")).to_contain_text("State: succeeded", timeout=240_000)
     expect(job.get_by_role("status")).to_contain_text("round 2 of 2")
     expect(job).to_contain_text("compression int8")  # the choice reached the hub
+    expect(job.get_by_label("Metrics per round chart")).to_be_visible()
     expect(job.get_by_label("Bytes per round chart")).to_be_visible()
-    rounds = job.get_by_role("table", name="Rounds")
+    rounds = job.get_by_role("table", name="Per-round figures")
     expect(rounds.locator("tbody tr")).to_have_count(2)
     sites = job.get_by_role("table", name="Site status")
     expect(sites).to_contain_text("local-a")
     expect(sites).to_contain_text("local-b")
     expect(job.get_by_role("button", name="Cancel")).to_be_disabled()
-    expect(panel.get_by_role("table", name="Jobs")).to_contain_text("succeeded")
+    expect(jobs.locator("tbody tr", has_text="succeeded")).to_contain_text("digits")
+    expect(jobs.locator("tbody tr", has_text="broken-digits")).to_contain_text("failed")
     dismiss_news_prompt(lab)
     lab.screenshot(path=str(SHOTS / "federated-panel.png"))
+
+    # Cancel stops a running job
+    launch(panel, "digits", ["local-b"], 50)
+    job.get_by_role("button", name="Cancel").click()
+    expect(job.get_by_role("status")).to_contain_text("State: cancelled", timeout=120_000)
 
 
 def test_deploy_panel_deploys_a_logged_model_and_runs_a_test_inference(lab, hub):

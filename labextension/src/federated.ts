@@ -85,6 +85,11 @@ export function compressionLabel(c: unknown): string {
   return ratio === undefined ? kind : `${kind} ${ratio}`;
 }
 
+/** The app's folder name: the hub keeps the absolute path. */
+function appName(job: jobsApi.IJob): string {
+  return (job.app_display || job.app || '').replace(/\/+$/, '').split('/').pop() ?? '';
+}
+
 function isFinal(state: string | undefined): boolean {
   return !!state && jobsApi.FINAL_STATES.includes(state);
 }
@@ -487,7 +492,7 @@ export class FederatedPanel extends Widget {
       h(
         'p',
         { class: 'jp-fedhub-muted' },
-        `${(job.app_display || job.app).replace(/\/+$/, '').split('/').pop()} · ${job.strategy}` +
+        `${appName(job)} · ${job.strategy}` +
           ` · compression ${compressionLabel(job.compression)}` +
           (job.mlflow_run_id ? ` · MLflow run ${job.mlflow_run_id}` : '')
       )
@@ -586,7 +591,7 @@ export class FederatedPanel extends Widget {
       { class: 'jp-fedhub-table-scroll' },
       h(
         'table',
-        { class: 'jp-fedhub-table', 'aria-label': 'Rounds' },
+        { class: 'jp-fedhub-table', 'aria-label': 'Per-round figures' },
         h(
           'thead',
           {},
@@ -640,7 +645,7 @@ export class FederatedPanel extends Widget {
         h(
           'thead',
           {},
-          h('tr', {}, ...['Job', 'State', 'Rounds', 'Sites', 'Created'].map(t => h('th', { scope: 'col' }, t)))
+          h('tr', {}, ...['Job', 'App', 'State', 'Rounds', 'Sites', 'Created'].map(t => h('th', { scope: 'col' }, t)))
         ),
         h(
           'tbody',
@@ -663,6 +668,7 @@ export class FederatedPanel extends Widget {
                   j.name || j.id
                 )
               ),
+              h('td', {}, appName(j)),
               h('td', { class: `jp-fedhub-status-${j.state}` }, j.state),
               h('td', {}, `${j.rounds_done ?? j.round_metrics?.length ?? 0}/${j.rounds}`),
               h('td', {}, (j.sites ?? []).join(', ')),
