@@ -290,6 +290,9 @@ def main(argv=None) -> int:
     from . import fl_cli
     fl_cli.add_commands(sub, _hub_api, _error_message)
 
+    from . import token_cli
+    token_cli.add_commands(sub, _hub_api, _error_message)
+
     from . import deploy_cli
     deploy_cli.add_commands(sub, _hub_api, _error_message)
 

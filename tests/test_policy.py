@@ -200,3 +200,38 @@ def test_policy_file_loading(tmp_path):
         load_policy(path, CAT)
     with pytest.raises(PolicyError, match="missing.yaml: groups: expected an existing policy file"):
         load_policy(tmp_path / "missing.yaml")
+
+
+def _yaml_blocks(doc):
+    import re
+    from pathlib import Path
+    text = (Path(__file__).resolve().parents[1] / "docs" / doc).read_text()
+    return [yaml.safe_load(b) for b in re.findall(r"```yaml\n(.*?)```", text, re.S)]
+
+
+def test_docs_examples_load():
+    cat = catalogue_from_dict({"sites": [
+        {"name": "local", "kind": "local", "cpus": 4, "memory": "8G"},
+        {"name": "hpc-a", "kind": "slurm", "gpus": [{"type": "a100", "count": 4}, {"type": "t4", "count": 2}]}]},
+        "sites.yaml")
+    (policy,) = _yaml_blocks("governance.md")
+    p = policy_from_dict(policy, "governance.md", cat)
+    assert p.entitlements(["vo-example"]).max_gpus_per_user == 2 and p.dataset("digits-hpc").sites == ("hpc-a",)
+
+
+def test_identity_docs_example_loads(tmp_path):
+    from fedhub.hub.identity import groups_from_claims, load_identity, parse_group_rules
+    (doc,) = _yaml_blocks("identity.md")
+    secret = tmp_path / "secret"
+    secret.write_text("s3cret\n")
+    doc["oidc"]["client_secret_file"] = str(secret)
+    (tmp_path / "identity.yaml").write_text(yaml.safe_dump(doc))
+    settings = load_identity(tmp_path / "identity.yaml")
+    assert settings["client_secret"] == "s3cret" and settings["issuer"] == "https://aai.egi.eu/auth/realms/egi"
+    rules = parse_group_rules(settings["group_rules"])
+    claims = {"eduperson_entitlement": ["urn:mace:egi.eu:group:vo.example.org:role=member#aai.egi.eu",
+                                        "urn:mace:egi.eu:group:vo.other.org:role=member#aai.egi.eu",
+                                        "urn:mace:egi.eu:group:vo.example.org:role=vm_operator#aai.egi.eu"]}
+    assert groups_from_claims(rules, claims) == {"vo-example", "vo-other"}
+    assert groups_from_claims(rules, {"eduperson_entitlement": "urn:other"}) == set()
+    assert groups_from_claims(rules, {}) == set()

@@ -14,7 +14,7 @@ import secrets
 import signal
 from pathlib import Path
 
-from jupyterhub.services.auth import HubOAuthCallbackHandler
+from jupyterhub.services.auth import HubOAuth, HubOAuthCallbackHandler
 from jupyterhub.utils import url_path_join
 from tornado import web
 from tornado.ioloop import PeriodicCallback
@@ -35,6 +35,7 @@ from .store import SnapshotStore
 
 API_VERSION = "0.1.0"
 OPENAPI_PATH = Path(__file__).with_name("openapi.yaml")
+TOKEN_CACHE_SECONDS = 5
 
 
 class RootHandler(FedhubAPIHandler):
@@ -70,6 +71,8 @@ def make_app(state_dir: str, prefix: str | None = None) -> web.Application:
     handlers = [(url_path_join(prefix, path) + "/?", h) for path, h in ROUTES]
     handlers.append((url_path_join(prefix, "oauth_callback"), HubOAuthCallbackHandler))
     handlers.append((r".*", NotFoundHandler))
+    # revoked and expired tokens must stop working within seconds (HubAuth caches 5 minutes by default)
+    HubOAuth.instance(cache_max_age=TOKEN_CACHE_SECONDS)
     return web.Application(
         handlers,
         cookie_secret=secrets.token_bytes(32),

@@ -74,6 +74,11 @@ class FedhubAPIHandler(HubOAuthenticated, web.RequestHandler):
             message = getattr(exc, "message", None) or exc.log_message or self._reason
             if status_code == 403 and not exc.log_message:
                 message = f"Forbidden: this route needs the scope {self.route_scope or 'access:services'}"
+                if self._denied is None:
+                    # tornado's @authenticated answers 403 to a POST/DELETE with no (or a bad,
+                    # expired) token: that is a missing login, not a missing scope
+                    status_code, message = 401, "Authentication required: send 'Authorization: token <hub API token>'"
+                    self.set_status(401)
         else:
             message = "Internal error; the hub log has the details"
         self.set_header("Content-Type", "application/json")

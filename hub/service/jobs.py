@@ -7,6 +7,7 @@ Callers see only their own jobs: someone else's job is a 404, as if it did not e
 
 from __future__ import annotations
 
+import inspect
 import json
 import os
 
@@ -88,6 +89,12 @@ class JobsHandler(_JobsBase):
             raise APIError(400, "expected a JSON body with app, sites and rounds")
         await self.check_dataset_policy(body)
         job = self.call(self.federation.create, self.user(), self.caller_token(), body)
+        if inspect.isawaitable(job):  # the manager's create may check sites asynchronously
+            from fedhub.hub.federation.jobs import JobError
+            try:
+                job = await job
+            except JobError as e:
+                raise APIError(e.status, e.message)
         self.set_header("Location", f"jobs/{job.id}")
         self.write_json(job.public(), status=201)
 
