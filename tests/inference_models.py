@@ -4,7 +4,6 @@ Nothing is downloaded: the data is scikit-learn's bundled digits or generated he
 
 from __future__ import annotations
 
-import textwrap
 from pathlib import Path
 
 import numpy as np
