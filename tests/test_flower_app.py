@@ -237,3 +237,29 @@ def test_weighted_aggregate_is_fedavg_style():
     assert out == {"accuracy": pytest.approx(0.875), "loss": pytest.approx(2.5), "num-examples": 400}
     assert weighted_aggregate([{"accuracy": 0.5}, {"accuracy": 1.0}]) == {"accuracy": 0.75}
     assert weighted_aggregate([]) == {}
+
+
+def test_digits_app_data_comes_from_the_node_config(tmp_path, monkeypatch):
+    import numpy as np
+
+    monkeypatch.syspath_prepend(str(example_app("digits")))
+    from digits_app import task
+
+    # partition-id / num-partitions: disjoint IID slices of the non-holdout digits
+    parts = [task.load_node_data({"partition-id": i, "num-partitions": 3}) for i in range(3)]
+    x_test, _ = task.load_test_set()
+    assert sum(len(y) for _, y in parts) + len(x_test) == 1797
+    rows = {row.tobytes() for x, _ in parts for row in x}
+    assert not rows & {row.tobytes() for row in x_test}
+    with pytest.raises(ValueError, match=r"partition-id must be in \[0, 2\), got 2"):
+        task.load_node_data({"partition-id": 2, "num-partitions": 2})
+    # data-path: a site-held .npz with x (pixels 0-16) and y
+    x = np.random.default_rng(0).integers(0, 17, (30, 64))
+    y = np.arange(30) % 10
+    np.savez(tmp_path / "site.npz", x=x, y=y)
+    got_x, got_y = task.load_node_data({"data-path": str(tmp_path / "site.npz"), "partition-id": 0})
+    np.testing.assert_allclose(got_x, x / 16.0)
+    np.testing.assert_array_equal(got_y, y)
+    np.savez(tmp_path / "bad.npz", features=x)
+    with pytest.raises(ValueError, match="expected arrays 'x' and 'y', found \\['features'\\]"):
+        task.load_node_data({"data-path": str(tmp_path / "bad.npz")})
