@@ -46,7 +46,8 @@ def fuzz_api(base_url: str, token: str, max_examples: int, derandomize: bool = T
             by_status[resp.status_code] += 1
             stats = per_operation.setdefault(op.label, {"statuses": collections.Counter(), "latencies": []})
             stats["statuses"][resp.status_code] += 1
-            stats["latencies"].append(resp.elapsed.total_seconds())
+            elapsed = resp.elapsed  # seconds (a float in schemathesis' response)
+            stats["latencies"].append(elapsed.total_seconds() if hasattr(elapsed, "total_seconds") else float(elapsed))
             if resp.status_code >= 500:
                 server_errors.append((op.label, resp.status_code, resp.text[:300]))
         return run
