@@ -191,3 +191,25 @@ def test_tmp_login_gives_each_visitor_a_fresh_account(hub_factory):
         names.add(s.get(f"{hub.url}/hub/api/user", timeout=30,
                         headers={"Referer": f"{hub.url}/hub/"}).json().get("name"))
     assert len(names) == 2 and None not in names
+
+
+def test_fedhub_up_names_bad_identity_and_policy_files(tmp_path):
+    import subprocess
+    import sys
+
+    from conftest import fedhub_env
+
+    def up(*args):
+        return subprocess.run([sys.executable, "-m", "fedhub.server_ext.cli", "up", "--data-dir", str(tmp_path),
+                               "--dry-run", *args], capture_output=True, text=True, env=fedhub_env(), timeout=120)
+
+    p = up("--authenticator", "oidc")
+    assert p.returncode == 2 and "invalid identity settings: identity.yaml: oidc: expected an identity file" in p.stderr
+    (tmp_path / "identity.yaml").write_text("oidc: {client_id: x, issuer: 'http://127.0.0.1:9'}")
+    p = up("--authenticator", "oidc")
+    assert p.returncode == 2 and ("identity.yaml: oidc.issuer: expected an OpenID provider answering "
+                                  "http://127.0.0.1:9/.well-known/openid-configuration") in p.stderr
+    (tmp_path / "policy.yaml").write_text("groups:\n  g: {sites: [mars]}\n")
+    p = up()
+    assert p.returncode == 2 and ("invalid policy: policy.yaml: groups.g.sites: expected site names among "
+                                  "['local-a', 'local-b'], got 'mars'") in p.stderr
