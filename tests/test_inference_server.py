@@ -518,16 +518,43 @@ def test_the_command_line_reports_a_bad_repository_without_a_traceback(tmp_path)
     assert "Traceback" not in run.stderr
 
 
+def test_the_command_line_token_file(tmp_path):
+    (tmp_path / "token").write_text("cli-token\n")
+    (tmp_path / "models").mkdir()
+    proc = subprocess.Popen([sys.executable, "-m", "fedhub.hub.deploy.server", "--model-repository",
+                             str(tmp_path / "models"), "--http-port", "0", "--grpc-port", "0",
+                             "--token-file", str(tmp_path / "token")], stdout=subprocess.PIPE, text=True)
+    try:
+        match = READY_LINE.search(proc.stdout.readline())
+        assert match, "server did not start"
+        http = triton_http.InferenceServerClient(f"{match[1]}:{match[2]}")
+        assert http.is_server_live()
+        with pytest.raises(InferenceServerException) as refused:
+            http.get_model_repository_index()
+        assert refused.value.status() == "401"
+        assert http.get_model_repository_index(headers={"Authorization": "Bearer cli-token"}) == []
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=20) == 0
+
+
 # ------------------------------------------------------------------------ in-process, token hook
 async def test_embedded_server_checks_bearer_tokens_when_asked(tmp_path):
+    import asyncio
+
     import tritonclient.grpc.aio as grpc_aio
     import tritonclient.http.aio as http_aio
 
     from fedhub.hub.deploy.server import InferenceServer
 
     inference_models.python_text_model(tmp_path)
-    server = await InferenceServer(tmp_path, http_port=0, grpc_port=0,
-                                   authorize=lambda token: token == "s3cret").start()
+    seen = []
+
+    async def ask_the_hub(token):  # the hook may be a coroutine, e.g. a call to the hub's API
+        seen.append(token)
+        await asyncio.sleep(0)
+        return token == "s3cret"
+    server = await InferenceServer(tmp_path, http_port=0, grpc_port=0, authorize=ask_the_hub).start()
     http = http_aio.InferenceServerClient(f"127.0.0.1:{server.http_port}")
     grpc = grpc_aio.InferenceServerClient(f"127.0.0.1:{server.grpc_port}")
     good = {"Authorization": "Bearer s3cret"}
@@ -546,6 +573,7 @@ async def test_embedded_server_checks_bearer_tokens_when_asked(tmp_path):
         assert result.as_numpy("UPPER")[0] == b"EDGE"
         # gRPC metadata keys must be lower case
         assert (await grpc.get_model_metadata("text", headers={"authorization": "Bearer s3cret"})).name == "text"
+        assert "wrong" in seen and "s3cret" in seen
     finally:
         await http.close()
         await grpc.close()

@@ -34,7 +34,7 @@ def _protocol_errors(method):
     async def wrapper(self, request, context):
         try:
             if name not in PUBLIC and self.server.authorize is not None:
-                self._check_token(context)
+                await self._check_token(context)
             return await method(self, request, context)
         except InferenceServerError as exc:
             await context.abort(CODES.get(exc.kind, grpc.StatusCode.INVALID_ARGUMENT), str(exc))
@@ -48,11 +48,9 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
     def __init__(self, server):
         self.server = server
 
-    def _check_token(self, context) -> None:
+    async def _check_token(self, context) -> None:
         metadata = dict(context.invocation_metadata() or ())
-        scheme, _, token = str(metadata.get("authorization", "")).partition(" ")
-        if scheme.lower() not in ("bearer", "token") or not self.server.authorize(token.strip()):
-            raise Unauthenticated("a valid bearer token is required")
+        await self.server.check_token(metadata.get("authorization", ""))
 
     @_protocol_errors
     async def ServerLive(self, request, context):
@@ -156,7 +154,7 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
         non-decoupled stream behaviour), so one bad request does not end the stream."""
         if self.server.authorize is not None:
             try:
-                self._check_token(context)
+                await self._check_token(context)
             except Unauthenticated as exc:
                 await context.abort(grpc.StatusCode.UNAUTHENTICATED, str(exc))
         async for request in request_iterator:

@@ -17,8 +17,8 @@ import tornado.web
 
 from .inference import InferRequest, InferResponse, Tensor
 from .model_config import ModelConfigError, config_from_json, config_to_dict
-from .tensors import (InferenceServerError, InvalidArgument, NotFound, Unauthenticated, from_list,
-                      from_raw, to_list, to_raw)
+from .tensors import (InferenceServerError, InvalidArgument, NotFound, from_list, from_raw, to_list,
+                      to_raw)
 
 log = logging.getLogger("fedhub.deploy.http")
 HEADER_LENGTH = "Inference-Header-Content-Length"
@@ -34,12 +34,9 @@ class Handler(tornado.web.RequestHandler):
     def initialize(self, server):
         self.server = server
 
-    def prepare(self):
+    async def prepare(self):
         if not self.public and self.server.authorize is not None:
-            header = self.request.headers.get("Authorization", "")
-            scheme, _, token = header.partition(" ")
-            if scheme.lower() not in ("bearer", "token") or not self.server.authorize(token.strip()):
-                raise Unauthenticated("a valid bearer token is required")
+            await self.server.check_token(self.request.headers.get("Authorization", ""))
 
     def check_xsrf_cookie(self):  # an API for programs: no cookies, no XSRF
         pass

@@ -3,19 +3,20 @@
     python -m fedhub.hub.deploy.server --model-repository DIR --http-port 8000 --grpc-port 8001
 
 `InferenceServer` is the programmatic form (the edge agent embeds it). `authorize`, when set,
-is called with the bearer token of every request except the health probes, so the hub can
-front the server with its own tokens.
+is called (sync or async) with the bearer token of every request except the health probes,
+so the hub can front the server with its own tokens.
 """
 
 from __future__ import annotations
 
 import asyncio
+import inspect
 import logging
 import signal
 import socket
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Callable
+from typing import Awaitable, Callable
 
 import grpc
 import tornado.httpserver
@@ -27,6 +28,7 @@ from tritonclient.grpc import service_pb2_grpc as pb_grpc
 from .grpc_service import InferenceServicer
 from .http import make_app
 from .repository import ModelRepository
+from .tensors import Unauthenticated
 
 log = logging.getLogger("fedhub.deploy")
 SERVER_NAME = "fedhub"
@@ -45,7 +47,8 @@ def _version() -> str:
 
 class InferenceServer:
     def __init__(self, model_repository: str | Path, host: str = "127.0.0.1", http_port: int = 8000,
-                 grpc_port: int = 8001, authorize: Callable[[str], bool] | None = None,
+                 grpc_port: int = 8001,
+                 authorize: Callable[[str], bool | Awaitable[bool]] | None = None,
                  workers: int = 4):
         self.model_repository, self.host = Path(model_repository), host
         self.http_port, self.grpc_port = http_port, grpc_port
@@ -55,6 +58,18 @@ class InferenceServer:
         self._executor: ThreadPoolExecutor | None = None
         self._http: tornado.httpserver.HTTPServer | None = None
         self._grpc: grpc.aio.Server | None = None
+
+    async def check_token(self, header_value: str) -> None:
+        """Raise Unauthenticated unless `header_value` ("Bearer TOKEN") passes `authorize`,
+        which may be a plain function or a coroutine function (e.g. one asking the hub)."""
+        scheme, _, token = str(header_value or "").partition(" ")
+        allowed = False
+        if scheme.lower() in ("bearer", "token") and token.strip():
+            allowed = self.authorize(token.strip())
+            if inspect.isawaitable(allowed):
+                allowed = await allowed
+        if not allowed:
+            raise Unauthenticated("a valid bearer token is required")
 
     def metadata(self) -> dict:
         return {"name": SERVER_NAME, "version": _version(), "extensions": EXTENSIONS}
