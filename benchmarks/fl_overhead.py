@@ -60,7 +60,7 @@ async def fedhub_run(root: Path, nodes: int, rounds: int) -> tuple[float, float,
     shutil.copytree(example_app("digits"), home / "digits")
     jobs = FederatedJobs(root / "state", catalogue_file=str(root / "sites.yaml"), homes_dir=str(root / "homes"))
     t0 = time.monotonic()
-    job = jobs.create("bench", "", {"app": "digits", "sites": [s["name"] for s in sites], "rounds": rounds,
+    job = await jobs.create("bench", "", {"app": "digits", "sites": [s["name"] for s in sites], "rounds": rounds,
                                     "run_config": {"min-nodes": nodes}})
     task = jobs.runners[job.id].task
     await task
@@ -96,6 +96,8 @@ def main() -> None:
     print(f"{'':24}{'bare Flower':>14}{'through fedhub':>16}{'ratio':>8}")
     print(f"{'median s/round':24}{mb:14.2f}{mf:16.2f}{mf / mb:8.2f}   (goal <= 1.10)")
     print(f"{'min s/round':24}{min(bare):14.2f}{min(fed):16.2f}{min(fed) / min(bare):8.2f}")
+    ratios = [f / b for f, b in zip(fed, bare)]
+    print(f"{'median per-repeat ratio':24}{'':30}{statistics.median(ratios):8.2f}   (pairs run back to back)")
     print(f"{'fedhub set-up (median)':24}{'':14}{statistics.median(setups):15.1f}s")
     print(f"{'fedhub tear-down (med.)':24}{'':14}{statistics.median(teardowns):15.1f}s")
     print(f"rounds {args.rounds}, nodes {args.nodes}, repeats {args.repeats}")

@@ -182,13 +182,14 @@ def _serverapp_exception(hub):
 
 
 @pytest.fixture(scope="module")
-def scenario(hub):
+def scenario(hub, cluster):
     wait_for(lambda: sites_ready(hub, hub.create_user("probe")), timeout=90, what="Slurm site up")
     s = Scenario(hub)
     s.background("cli", lambda: _cli_launch(hub))
     s.background("dropout-continue", lambda: _dropout(hub, "eli", "continue", rounds=3, kill_after_rounds=1))
     s.background("dropout-fail", lambda: _dropout(hub, "dan", "fail", rounds=20, kill_after_rounds=0))
     s.background("exception", lambda: _serverapp_exception(hub))
+    s.background("cancel", lambda: _cancel_while_running(hub, cluster))
     return s
 
 
@@ -270,28 +271,35 @@ def test_exception_in_the_serverapp_fails_the_job_with_its_log_tail(hub, scenari
     assert not left, left
 
 
-def test_cancel_stops_every_process_and_slurm_job(hub, cluster):
+def _cancel_while_running(hub, cluster):
+    """Launch on a local and the Slurm site, cancel once the run is going; what was left?"""
     token = user_with_app(hub, "cat")
-    wait_for(lambda: sites_ready(hub, token), what="Slurm site up")
     r = launch(hub, token, app="digits", sites=["local-a", "hpc"], rounds=50)
     assert r.status_code == 201, r.text
     job_id = r.json()["id"]
-    wait_state(hub, token, job_id, ("running",), timeout=180)
+    wait_state(hub, token, job_id, ("running",), timeout=300)
     record = job_record(hub, job_id)
     pids = [record["superlink_pid"]] + [s["pid"] for s in record["supernodes"] if s["pid"]]
     slurm_job = [s["slurm_job_id"] for s in record["supernodes"] if s["kind"] == "slurm"][0]
     job_dir = hub.data_dir / "state" / "jobs" / job_id
-    assert any(line.startswith(f"{slurm_job} RUNNING") for line in cluster.jobs())
-    assert flower_processes_of(job_dir)
-
+    before = {"slurm": cluster.jobs(), "processes": flower_processes_of(job_dir)}
     r = hub.fedhub_api(f"/jobs/{job_id}/cancel", token, method="POST")
+    after = {"slurm": cluster.jobs(), "processes": flower_processes_of(job_dir),
+             "pids": [pid for pid in pids if psutil.pid_exists(pid)
+                      and psutil.Process(pid).status() != psutil.STATUS_ZOMBIE]}
+    again = hub.fedhub_api(f"/jobs/{job_id}/cancel", token, method="POST")
+    return slurm_job, before, r, after, again
+
+
+def test_cancel_stops_every_process_and_slurm_job(hub, scenario):
+    slurm_job, before, r, after, again = scenario.result("cancel")
+    assert any(line.startswith(f"{slurm_job} RUNNING") for line in before["slurm"]), before
+    assert before["processes"]  # the job was really running...
     assert r.status_code == 200, r.text
     assert r.json()["state"] == "cancelled" and r.json()["error"] == "cancelled by cat"
-    for pid in pids:
-        assert not psutil.pid_exists(pid) or psutil.Process(pid).status() == psutil.STATUS_ZOMBIE, pid
-    assert not flower_processes_of(job_dir)
-    assert not any(line.startswith(slurm_job) for line in cluster.jobs())
-    assert hub.fedhub_api(f"/jobs/{job_id}/cancel", token, method="POST").status_code == 409
+    assert after["pids"] == [] and after["processes"] == []  # ...and nothing of it is left
+    assert not any(line.startswith(slurm_job) for line in after["slurm"]), after
+    assert again.status_code == 409 and "already cancelled" in again.json()["message"]
 
 
 def _kill_supernode(hub, job_id, site):

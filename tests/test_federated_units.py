@@ -16,7 +16,6 @@ import tomllib
 from pathlib import Path
 
 import kubernetes_validate
-import psutil
 import pytest
 
 from fedhub.hub.federation import example_app, supernodes
@@ -311,5 +310,5 @@ def test_sites_offered_follow_the_catalogue_and_the_live_inventory(tmp_path):
     assert jobs.offers() == {}
     assert "sites[0].federated: expected true, false or a mapping {data_path}" in jobs.catalogue_error
     with pytest.raises(JobError) as e:
-        jobs.create("ann", "", {"app": "x", "sites": ["x"], "rounds": 1})
+        asyncio.run(jobs.create("ann", "", {"app": "x", "sites": ["x"], "rounds": 1}))
     assert e.value.status == 503 and "federated jobs are unavailable" in e.value.message

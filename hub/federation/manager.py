@@ -112,14 +112,15 @@ class FederatedJobs(LoggingConfigurable):
     def home_of(self, user: str) -> Path:
         return Path(self.homes_dir) / user
 
-    def create(self, user: str, token: str, body) -> Job:
+    async def create(self, user: str, token: str, body) -> Job:
         from .runner import JobRunner
         if self._load_catalogue() is None:
             raise JobError(503, f"federated jobs are unavailable: {self.catalogue_error}")
         home = self.home_of(user)
         if not home.is_dir():
             raise JobError(400, f"app: you have no home folder on the hub yet ({home}); start a session first")
-        spec = validate_request(body, home, self.offers())
+        # reading the app (and Flower's config checks) must not hold up other requests
+        spec = await asyncio.get_running_loop().run_in_executor(None, validate_request, body, home, self.offers())
         active = [j for j in self.jobs.values() if j.owner == user and not j.final]
         if len(active) >= self.max_active_jobs_per_user:
             raise JobError(429, f"you already have {len(active)} federated jobs running "
