@@ -39,14 +39,26 @@ def hub_home(module_hub_factory):
 
 
 @pytest.mark.hub
-def test_launch_follow_and_finish_a_real_job(hub_home):
+def test_a_real_job_and_a_failing_one_side_by_side(hub_home):
+    """Each job has its own SuperLink and SuperNodes: both run at once, and each widget follows its own."""
     hub, token, home = hub_home
+    broken = home / "broken-digits"
+    shutil.copytree(EXAMPLE_APP, broken)
+    server_app = broken / "digits_app" / "server_app.py"
+    server_app.write_text(server_app.read_text().replace(
+        '    cfg = context.run_config\n',
+        '    raise RuntimeError("the data went missing on purpose")\n'))
     widget = FederatedWidget(app="digits", rounds=1, workspace=str(home), hub_url=hub.url, token=token)
+    failing = FederatedWidget(app="broken-digits", rounds=1, workspace=str(home), hub_url=hub.url, token=token,
+                              sites=["local-a"])
     assert {"local-a", "local-b"} <= set(widget.site_boxes)
     assert widget.selected_sites() == sorted(widget.site_boxes)  # every offered site, unless told
+    assert failing.selected_sites() == ["local-a"]
     job = widget.launch()
     assert job is not None and job["state"] in ("queued", "starting"), widget.status.value
     assert not widget.cancel_button.disabled
+    assert failing.launch() is not None
+
     final = widget.wait(300)
     assert final["state"] == "succeeded", (final.get("error"), final.get("log_tail"), hub.log_tail())
     assert widget.progress.max == 1 and widget.progress.value == 1
@@ -55,6 +67,13 @@ def test_launch_follow_and_finish_a_real_job(hub_home):
     assert "local-a" in widget.site_table.value and "local-b" in widget.site_table.value
     figures = round_figures(final["round_metrics"][0])
     assert figures and all(f"<th>{k}</th>" in widget.rounds_table.value for k in figures)
+    assert widget.failure.value == ""
+
+    failed = failing.wait(300)
+    assert failed["state"] == "failed", failed
+    assert failing.progress.bar_style == "danger" and "failed" in failing.status.value
+    assert "Failed:" in failing.failure.value
+    assert "the data went missing on purpose" in failing.failure.value  # from the ServerApp's log tail
 
 
 @pytest.mark.hub
@@ -74,22 +93,3 @@ def test_cancel_and_bad_input(hub_home, tmp_path):
     stray = FederatedWidget(app="digits", workspace=str(outside), hub_url=hub.url, token=token)
     assert stray.launch() is None
     assert "Cannot launch (400)" in stray.status.value and "outside your home" in stray.status.value
-
-
-@pytest.mark.hub
-def test_a_failing_server_app_shows_its_reason_and_log_tail(hub_home):
-    hub, token, home = hub_home
-    broken = home / "broken-digits"
-    shutil.copytree(EXAMPLE_APP, broken)
-    server_app = broken / "digits_app" / "server_app.py"
-    server_app.write_text(server_app.read_text().replace(
-        '    cfg = context.run_config\n',
-        '    raise RuntimeError("the data went missing on purpose")\n'))
-    widget = FederatedWidget(app="broken-digits", rounds=1, workspace=str(home), hub_url=hub.url, token=token,
-                             sites=["local-a"])
-    assert widget.launch() is not None
-    final = widget.wait(300)
-    assert final["state"] == "failed", final
-    assert widget.progress.bar_style == "danger" and "failed" in widget.status.value
-    assert "Failed:" in widget.failure.value
-    assert "the data went missing on purpose" in widget.failure.value  # from the ServerApp's log tail
