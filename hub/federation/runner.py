@@ -529,6 +529,9 @@ class JobRunner:
         if self.job.flower_run_id and self.control is not None and self.superlink is not None \
                 and self.superlink.returncode is None:
             status = await self._status(int(self.job.flower_run_id))
+            if status is not None:  # the traffic so far, also for a job that did not finish
+                self.job.bytes = {"inbound": status.bytes_in, "outbound": status.bytes_out,
+                                  "total": status.total_bytes}
             if status is not None and status.status != "finished":
                 try:
                     await asyncio.wait_for(self.control.stop(int(self.job.flower_run_id)), 10)
