@@ -40,16 +40,17 @@ def enabled(environ=None) -> bool:
     return env.get(AUTO_CAPTURE_ENV, "").strip().lower() in ("1", "true", "yes", "on")
 
 
-def _called_by_start_run(max_depth: int = 6) -> bool:
-    """MLflow also resolves context tags for logged models; we capture runs only."""
+def _start_run_frame(max_depth: int = 6):
+    """The frame of the `mlflow.start_run` asking for tags, or None: MLflow also resolves
+    context tags for logged models, and we capture runs only."""
     frame = sys._getframe(2)
     for _ in range(max_depth):
         if frame is None:
-            return False
+            return None
         if frame.f_code.co_name == "start_run" and frame.f_globals.get("__name__") == "mlflow.tracking.fluent":
-            return True
+            return frame
         frame = frame.f_back
-    return False
+    return None
 
 
 class FedhubRunContext(RunContextProvider):
@@ -68,8 +69,10 @@ class FedhubRunContext(RunContextProvider):
 
 def start() -> dict:
     """Begin capturing the run MLflow is about to create; return the tags to create it with."""
-    if not _called_by_start_run():
+    frame = _start_run_frame()
+    if frame is None:
         return {}
+    experiment_id = frame.f_locals.get("exp_id_for_run")  # where start_run creates the run
     t0 = time.perf_counter()
     import mlflow
     from mlflow.tracking import fluent
@@ -84,12 +87,14 @@ def start() -> dict:
     tracking_uri = mlflow.get_tracking_uri()
     capture.register(cap)
     threading.Thread(target=_capture_when_created, name="fedhub-auto-capture", daemon=True,
-                     args=(cap, stack, tracking_uri, t0, kind, path)).start()
+                     args=(cap, stack, experiment_id, tracking_uri, t0, kind, path)).start()
     cap.seconds_sync = time.perf_counter() - t0
     return {capture.AUTO_TAG: cap.nonce}
 
 
-def _find_run(stack: list, nonce: str, timeout: float) -> str | None:
+def _find_run(client, stack: list, experiment_id, nonce: str, timeout: float) -> str | None:
+    """The run created with our nonce: on the caller's stack of active runs while it is
+    active (no request), else by a search on the tag (a short run may already be over)."""
     from .capture import AUTO_TAG
 
     deadline = time.monotonic() + timeout
@@ -98,21 +103,27 @@ def _find_run(stack: list, nonce: str, timeout: float) -> str | None:
         for run in list(stack):
             if run.data.tags.get(AUTO_TAG) == nonce:
                 return run.info.run_id
+        if experiment_id is not None and delay >= 0.04:
+            found = client.search_runs([str(experiment_id)], filter_string=f"tags.`{AUTO_TAG}` = '{nonce}'",
+                                       max_results=1)
+            if found:
+                return found[0].info.run_id
         time.sleep(delay)
-        delay = min(delay * 2, 0.2)
+        delay = min(delay * 2, 0.5)
     return None
 
 
-def _capture_when_created(cap, stack: list, tracking_uri: str, t0: float, kind, path) -> None:
+def _capture_when_created(cap, stack: list, experiment_id, tracking_uri: str, t0: float, kind, path) -> None:
     from mlflow.tracking import MlflowClient
 
     from . import capture
 
     try:
-        cap.run_id = _find_run(stack, cap.nonce, FIND_RUN_TIMEOUT)
+        client = MlflowClient(tracking_uri)
+        cap.run_id = _find_run(client, stack, experiment_id, cap.nonce, FIND_RUN_TIMEOUT)
         if cap.run_id is None:  # MLflow failed to create it (the user sees that error)
             return
-        capture._capture(MlflowClient(tracking_uri), cap, t0, kind, path, (), None, False, background=False)
+        capture._capture(client, cap, t0, kind, path, (), None, False, background=False)
     except Exception as e:
         cap._problem("capture", e)
     finally:

@@ -8,7 +8,9 @@
         ...
 
 or `with track(seed=42): ...` (starts a run if none is active and ends it at the end of
-the block). Recorded on the run (see docs/session-api.md, "Capture"):
+the block). In a fedhub session, runs started with plain `mlflow.start_run()` get the
+same capture without calling track() (auto_capture.py; `fedhub.capture.mode` = auto); an
+explicit track() on such a run takes over. Recorded on the run (see docs/session-api.md, "Capture"):
 
 - tags `fedhub.capture=1`, `fedhub.site`, `fedhub.gpu_type`, `fedhub.gpus`, `fedhub.host`,
   `fedhub.python`, `fedhub.git.commit`, `fedhub.git.dirty`, `fedhub.seed`,
@@ -389,6 +391,14 @@ def _wait_pending(timeout: float = 120) -> None:
         pending = list(_pending)
         _pending.clear()
     for cap in pending:
+        if cap.mode == "auto" and cap.run_id is None:
+            # not found yet: a short run is looked up by its tag; if start_run failed, there is
+            # no run to find, and the exit is not held longer than this
+            grace = time.monotonic() + min(5.0, max(0.0, deadline - time.monotonic()))
+            while cap.run_id is None and not cap.done and time.monotonic() < grace:
+                time.sleep(0.01)
+            if cap.run_id is None:
+                continue
         cap.wait(max(0.0, deadline - time.monotonic()))
 
 
