@@ -198,6 +198,10 @@ def test_redeploy_makes_version_2_and_rollback_serves_version_1(env):
     record, _ = follow(hub, alice, dep["id"])
     assert record["status"] == "ready" and record["current_version"] == 2, record
     assert [v["version"] for v in record["versions"]] == [1, 2]
+    # each deployed version left a signed provenance record
+    prov = hub.fedhub_api(f"/provenance?kind=deployment&subject={dep['id']}", alice).json()["records"]
+    assert {v["provenance"] for v in record["versions"]} <= {p["hash"] for p in prov}
+    assert {p["body"]["version"] for p in prov} == {1, 2} and {p["who"] for p in prov} == {"alice"}
     assert np.array_equal(served(record["endpoint"], X), model_b.predict(X))
 
     r = hub.fedhub_api(f"/deployments/{dep['id']}/rollback", alice, method="POST")
@@ -243,6 +247,8 @@ def test_other_users_cannot_see_touch_or_deploy_what_they_cannot_read(env):
      "No edge device group 'nogroup'"),
     ({"model": "runs:/0123456789abcdef0123456789abcdef/model", "name": "x"}, 403, "You cannot read the model"),
     ({"model": "/etc/passwd.onnx", "name": "x"}, 403, "only .onnx files in your own workspace"),
+    ({"model": "runs:/0123456789abcdef0123456789abcdef/model", "name": "x", "options": {"held_out": "/etc/x.npz"}},
+     403, "only .npz files in your own workspace"),
     ({"model": "runs:/0123456789abcdef0123456789abcdef/model", "name": "x", "colour": "red"}, 400, "Unknown field"),
 ])
 def test_bad_deploy_requests_are_4xx_with_reasons(env, body, status, words):
@@ -353,6 +359,8 @@ def test_edge_device_registers_pulls_verifies_and_serves(env, tmp_path):
             time.sleep(0.5)
         assert status and status["state"] == "serving", status
         assert status["serving"].startswith(record["model_name"])
+        shown = hub.fedhub_api(f"/deployments/{dep['id']}", alice).json()["devices"]
+        assert [(d["name"], d["state"]) for d in shown] == [("pi-1", "serving")]
         predicted = http_infer(f"127.0.0.1:{port}", record["model_name"], X)
         # int8 weights: the labels agree with the fp32 model's on nearly every row
         assert (predicted.reshape(-1) == model_a.predict(X)).mean() >= 0.9
@@ -420,6 +428,16 @@ def test_hub_restart_keeps_deployments_and_statuses(env):
     after = {d["id"]: (d["status"], d["current_version"]) for d in hub.fedhub_api("/deployments", alice).json()["deployments"]}
     assert after == before
     assert np.array_equal(served(env["deployment"]["endpoint"], X), env["a"][0].predict(X))
+    # through the hub's gate with compressed request and response bodies (tritonclient's options)
+    import tritonclient.http as httpclient
+    ep = env["deployment"]["endpoint"]
+    client = httpclient.InferenceServerClient(ep["http_via_hub"].split("://")[1])
+    headers = {"Authorization": f"token {alice}"}
+    inp = httpclient.InferInput(_input_names(client, ep["model_name"], headers)[0], list(X.shape), "FP32")
+    inp.set_data_from_numpy(X)
+    result = client.infer(ep["model_name"], [inp], headers=headers, request_compression_algorithm="gzip",
+                          response_compression_algorithm="gzip")
+    assert np.array_equal(result.as_numpy("label"), env["a"][0].predict(X))
 
 
 def test_undeploy_makes_the_model_unavailable(env):
@@ -482,3 +500,35 @@ async def test_site_target_writes_valid_manifests_from_a_workspace_onnx_file(tmp
     rolled = await manager.rollback("carol", record["id"])
     assert rolled["current_version"] == 1 and rolled["status"] == "manifests-ready"
     assert "fedhub.io/version: '1'" in manager.manifests("carol", record["id"])
+
+
+async def test_no_inference_flag_leaves_the_server_out_and_embedded_deploys_are_refused(tmp_path):
+    from traitlets.config import Config
+
+    from fedhub.hub.app import FedhubUp
+    from fedhub.hub.deploy.manager import DeployError, DeploymentManager
+    from fedhub.hub.deploy.store import DeploymentStore
+    from fedhub.hub.hubconfig import configure
+
+    def settings_for(*flags):
+        app = FedhubUp()
+        app.initialize([*flags, "--data-dir", str(tmp_path)])
+        s = app.prepare()
+        c = Config()
+        configure(c, s)
+        return s, c
+
+    s, c = settings_for()
+    inference = next(svc for svc in c.JupyterHub.services if svc["name"] == "inference")
+    assert inference["url"] == f"http://127.0.0.1:{s['ports']['inference']}"
+    assert str(s["ports"]["inference_grpc"]) in inference["command"]
+    ports = dict(s["ports"])
+    s, c = settings_for("--no-inference")
+    assert s["ports"] == ports  # stable across starts, also when the server is off
+    assert "inference" not in {svc["name"] for svc in c.JupyterHub.services}
+    deploy_settings = json.loads(c.JupyterHub.services[0]["environment"]["FEDHUB_DEPLOY_SETTINGS"])
+    assert deploy_settings["inference"] is False and deploy_settings["inference_http"] == ""
+    manager = DeploymentManager(DeploymentStore(tmp_path / "state"), deploy_settings)
+    with pytest.raises(DeployError, match="--no-inference") as e:
+        await manager.deploy("carol", "", {"model": "runs:/0123456789abcdef/model", "name": "d"})
+    assert e.value.status == 409

@@ -32,7 +32,7 @@ from tornado import httpclient, web
 
 HOP_BY_HOP = {"connection", "keep-alive", "proxy-authenticate", "proxy-authorization", "te",
               "trailers", "transfer-encoding", "upgrade", "host", "content-length",
-              "authorization", "cookie"}
+              "authorization", "cookie", "x-consumed-content-encoding"}
 REPOSITORY_WRITE = re.compile(r"^v2/repository/models/[^/]+/(load|unload)$")
 
 
@@ -68,7 +68,8 @@ class InferenceGate(HubOAuthenticated, web.RequestHandler):
         try:
             resp = await httpclient.AsyncHTTPClient().fetch(
                 upstream, method=self.request.method, headers=headers, body=body,
-                follow_redirects=False, raise_error=False, request_timeout=300)
+                follow_redirects=False, raise_error=False, request_timeout=300,
+                decompress_response=False)  # pass compressed bodies on as they are, with their header
         except (OSError, httpclient.HTTPClientError) as e:
             raise web.HTTPError(503, f"The inference server is not answering yet ({e})")
         if resp.code == 599:
@@ -125,7 +126,9 @@ async def _serve(gate: web.Application, port: int, server: subprocess.Popen) -> 
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):  # the hub stops services with SIGTERM
         loop.add_signal_handler(sig, stop.set)
-    gate.listen(port, "127.0.0.1")
+    # tritonclient may gzip request bodies: the gate passes them on decompressed (the
+    # Inference-Header-Content-Length of the binary protocol counts uncompressed bytes)
+    gate.listen(port, "127.0.0.1", decompress_request=True)
     while not stop.is_set() and server.poll() is None:
         try:
             await asyncio.wait_for(stop.wait(), 1)

@@ -170,6 +170,8 @@ class DeploymentManager:
         if not isinstance(options, dict):
             raise DeployError(400, "'options' must be an object")
         self._check_target(owner, kind, where)
+        if options.get("held_out") is not None:  # read on the hub: only from the owner's own workspace
+            options = {**options, "held_out": str(self._workspace_file(owner, options["held_out"], ".npz"))}
         model = body.get("model")
         if isinstance(model, str) and model.startswith("/"):
             uri = str(self._workspace_onnx(owner, model))
@@ -220,15 +222,20 @@ class DeploymentManager:
         return {**info, "uri": uri}
 
     def _workspace_onnx(self, owner: str, path: str) -> Path:
-        """An .onnx file by absolute path: only inside the owner's own home on this hub."""
+        return self._workspace_file(owner, path, ".onnx")
+
+    def _workspace_file(self, owner: str, path, suffix: str) -> Path:
+        """A file by absolute path: only inside the owner's own home on this hub."""
+        if not isinstance(path, str) or not path.startswith("/"):
+            raise DeployError(400, f"{path!r}: expected the absolute path of a {suffix} file in your workspace")
         homes = self.settings.get("homes_dir")
         resolved = Path(path).resolve()
         home = (Path(homes) / owner).resolve() if homes else None
         if home is None or (resolved != home and home not in resolved.parents):
-            raise DeployError(403, f"{path}: only .onnx files in your own workspace ({home or 'none on this hub'}) "
-                                   "can be deployed by path; log other models to MLflow")
-        if resolved.suffix != ".onnx" or not resolved.is_file():
-            raise DeployError(400, f"{path}: not an .onnx file in your workspace")
+            raise DeployError(403, f"{path}: only {suffix} files in your own workspace ({home or 'none on this hub'}) "
+                                   "can be read by path; log other models to MLflow")
+        if resolved.suffix != suffix or not resolved.is_file():
+            raise DeployError(400, f"{path}: not a {suffix} file in your workspace")
         return resolved
 
     def _check_target(self, owner: str, kind: str, where: str) -> None:
@@ -523,6 +530,11 @@ class DeploymentManager:
         found = [r for r in self.records.values() if r["owner"] == owner and r["kind"] == "edge"
                  and r["where"] == group and r["status"] == "ready" and r.get("current_version")]
         return max(found, key=lambda r: r["updated"]) if found else None
+
+    def edge_devices(self, owner: str, group: str) -> list[dict]:
+        """What the group's devices last reported (for an edge deployment's record)."""
+        return [{"name": d["name"], "last_seen": d.get("last_seen"), **(d.get("status") or {"state": None})}
+                for d in self.devices.values() if d["owner"] == owner and d["group"] == group]
 
     def edge_bundle(self, record: dict) -> Path | None:
         return targets.edge_bundle_path(self.store.artifact_dir(record["id"]), record["current_version"])

@@ -122,7 +122,10 @@ class DeploymentHandler(_Deployments):
     @web.authenticated
     def get(self, deployment_id):
         from ..deploy.manager import public
-        self.write_json(public(self.manager.get(self.user, deployment_id)))
+        record = public(self.manager.get(self.user, deployment_id))
+        if record["kind"] == "edge":
+            record["devices"] = self.manager.edge_devices(self.user, record["where"])
+        self.write_json(record)
 
     @web.authenticated
     async def delete(self, deployment_id):
