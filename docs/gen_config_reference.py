@@ -89,12 +89,13 @@ def fedhub_up_config(everything: bool = True) -> Config:
     everything=True turns on every option that adds settings (--admin, the default
     shared-password login, MLflow); False turns them all off.
     """
+    from fedhub.hub.app import PORT_NAMES
     from fedhub.hub.hubconfig import configure
 
     c = Config()
     settings = {
         "ip": "127.0.0.1", "port": 8000, "data_dir": DATA_DIR, "catalogue_file": CATALOGUE,
-        "ports": {n: 0 for n in ("hub", "proxy_api", "fedhub_api", "mlflow", "mlflow_internal")},
+        "ports": {n: 0 for n in PORT_NAMES},
         "shared_password": "<shared password>", "mlflow": everything, "keep_servers": False,
         "authenticator": "shared-password" if everything else "<other>",
         "admin_users": ["<admin>"] if everything else [], "proxy_command": "<proxy>",
