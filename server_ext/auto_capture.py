@@ -92,7 +92,7 @@ def start() -> dict:
     return {capture.AUTO_TAG: cap.nonce}
 
 
-def _find_run(client, stack: list, experiment_id, nonce: str, timeout: float) -> str | None:
+def _find_run(make_client, stack: list, experiment_id, nonce: str, timeout: float) -> str | None:
     """The run created with our nonce: on the caller's stack of active runs while it is
     active (no request), else by a search on the tag (a short run may already be over)."""
     from .capture import AUTO_TAG
@@ -104,7 +104,7 @@ def _find_run(client, stack: list, experiment_id, nonce: str, timeout: float) ->
             if run.data.tags.get(AUTO_TAG) == nonce:
                 return run.info.run_id
         if experiment_id is not None and delay >= 0.04:
-            found = client.search_runs([str(experiment_id)], filter_string=f"tags.`{AUTO_TAG}` = '{nonce}'",
+            found = make_client().search_runs([str(experiment_id)], filter_string=f"tags.`{AUTO_TAG}` = '{nonce}'",
                                        max_results=1)
             if found:
                 return found[0].info.run_id
@@ -119,11 +119,17 @@ def _capture_when_created(cap, stack: list, experiment_id, tracking_uri: str, t0
     from . import capture
 
     try:
-        client = MlflowClient(tracking_uri)
+        clients = []  # made when needed: not while start_run is still creating the run
+
+        def client():
+            if not clients:
+                clients.append(MlflowClient(tracking_uri))
+            return clients[0]
+
         cap.run_id = _find_run(client, stack, experiment_id, cap.nonce, FIND_RUN_TIMEOUT)
         if cap.run_id is None:  # MLflow failed to create it (the user sees that error)
             return
-        capture._capture(client, cap, t0, kind, path, (), None, False, background=False)
+        capture._capture(client(), cap, t0, kind, path, (), None, False, background=False)
     except Exception as e:
         cap._problem("capture", e)
     finally:
