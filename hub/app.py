@@ -134,7 +134,7 @@ class FedhubUp(Application):
         secrets_file = data / "secrets.json"
         secret = self._load_json(secrets_file)
         secret.setdefault("shared_password", secrets.token_urlsafe(12))
-        secret.setdefault("admin_password", secrets.token_urlsafe(18))
+        secret.setdefault("admin_password", secrets.token_urlsafe(32))  # JupyterHub wants >= 32 characters
         secrets_file.write_text(json.dumps(secret))
         secrets_file.chmod(0o600)
 

@@ -32,6 +32,9 @@ from .jobs import federation_of
 from .sessions import SessionsHandler
 from .sites import SiteHandler, SitesHandler
 from .store import SnapshotStore
+from .usage import ROUTES as USAGE_ROUTES
+from .usage import book_of
+from ..accounting import UsageRecorder
 
 API_VERSION = "0.1.0"
 OPENAPI_PATH = Path(__file__).with_name("openapi.yaml")
@@ -63,6 +66,7 @@ ROUTES = [
     *DEPLOYMENT_ROUTES,
     *EDGE_ROUTES,
     *JOB_ROUTES,
+    *USAGE_ROUTES,
 ]
 
 
@@ -99,7 +103,8 @@ async def _serve(app: web.Application, ip: str, port: int) -> None:
     app.listen(port, ip)
     print(json.dumps({"fedhub-api": f"http://{ip}:{port}"}), flush=True)
     recorder = SessionRecorder(app.settings["fedhub_store"], ledger_of(app.settings), app_log)
-    sessions_watch = PeriodicCallback(recorder.poll, 2000)
+    usage = UsageRecorder(app.settings["fedhub_store"], book_of(app.settings), app_log)
+    sessions_watch = PeriodicCallback(lambda: (recorder.poll(), usage.poll()), 2000)
     sessions_watch.start()
     reconcile = loop.create_task(manager_of(app.settings).reconcile())  # deployments after a restart
     recover = loop.create_task(federation_of(app.settings).recover())  # jobs a previous process left
