@@ -1,0 +1,102 @@
+"""Idle culling that spares sessions doing work.
+
+jupyterhub-idle-culler decides from the hub's ``last_activity`` alone, so a long training
+loop in a kernel nobody is watching, or a build in a terminal, looks idle to it. fedhub's
+check adds what the session itself knows: kernels whose ``execution_state`` is busy
+(``/api/kernels``), terminals with processes running under them, and utilisation of the
+session's GPUs. ``decide`` is the pure decision; ``GpuProbe`` reads utilisation (nvidia-smi
+where present, nothing otherwise); ``session_activity`` asks a running server over HTTP.
+"""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+from dataclasses import dataclass, field
+
+import requests
+
+GPU_BUSY_PERCENT = 5.0  # above this a GPU is working (idle GPUs report 0-1 %)
+
+
+@dataclass
+class Activity:
+    """What is known about one session at the moment of the check."""
+    last_activity: float | None  # the hub's last_activity, epoch seconds (None: never)
+    busy_kernels: int = 0
+    terminal_processes: int = 0  # processes running under the session's terminals / code-server
+    gpu_utilisation: list[float] = field(default_factory=list)  # percent, one per GPU of the session
+
+
+@dataclass(frozen=True)
+class Decision:
+    cull: bool
+    reason: str
+
+
+def decide(activity: Activity, now: float, idle_timeout: float,
+           gpu_busy_percent: float = GPU_BUSY_PERCENT) -> Decision:
+    """Cull only a session idle for longer than ``idle_timeout`` with nothing running."""
+    if activity.busy_kernels:
+        return Decision(False, f"{activity.busy_kernels} kernel(s) busy")
+    if activity.terminal_processes:
+        return Decision(False, f"{activity.terminal_processes} process(es) running in terminals")
+    busy_gpus = [u for u in activity.gpu_utilisation if u > gpu_busy_percent]
+    if busy_gpus:
+        return Decision(False, f"{len(busy_gpus)} GPU(s) in use ({max(busy_gpus):.0f} %)")
+    if activity.last_activity is None:
+        return Decision(True, "never active")
+    idle = now - activity.last_activity
+    if idle <= idle_timeout:
+        return Decision(False, f"active {idle:.0f} s ago (limit {idle_timeout:.0f} s)")
+    return Decision(True, f"idle for {idle:.0f} s (limit {idle_timeout:.0f} s)")
+
+
+class GpuProbe:
+    """Utilisation of GPUs by index; the base class sees no GPUs."""
+
+    def utilisation(self, gpu_ids: list[int]) -> list[float]:
+        return []
+
+
+class NvidiaSmiProbe(GpuProbe):
+    """Reads ``nvidia-smi --query-gpu=index,utilization.gpu`` (no nvidia-smi: no GPUs)."""
+
+    def __init__(self, command: str = "nvidia-smi", timeout: float = 10):
+        self.command, self.timeout = command, timeout
+
+    @staticmethod
+    def parse(csv_text: str) -> dict[int, float]:
+        found = {}
+        for line in csv_text.splitlines():
+            parts = [p.strip() for p in line.split(",")]
+            if len(parts) == 2 and parts[0].isdigit():
+                try:
+                    found[int(parts[0])] = float(parts[1])
+                except ValueError:
+                    continue  # "[N/A]" on GPUs that do not report utilisation
+        return found
+
+    def utilisation(self, gpu_ids: list[int]) -> list[float]:
+        exe = shutil.which(self.command)
+        if exe is None or not gpu_ids:
+            return []
+        try:
+            out = subprocess.run([exe, "--query-gpu=index,utilization.gpu", "--format=csv,noheader,nounits"],
+                                 capture_output=True, text=True, timeout=self.timeout, check=True).stdout
+        except (OSError, subprocess.SubprocessError):
+            return []  # a broken driver must not make every session look busy or idle
+        by_index = self.parse(out)
+        return [by_index[i] for i in gpu_ids if i in by_index]
+
+
+def session_activity(server_url: str, token: str, last_activity: float | None,
+                     terminal_processes: int = 0, gpu_utilisation: list[float] | None = None,
+                     timeout: float = 10) -> Activity:
+    """Ask a running single-user server for its kernels (execution_state) and terminals."""
+    headers = {"Authorization": f"token {token}"}
+    kernels = requests.get(f"{server_url.rstrip('/')}/api/kernels", headers=headers, timeout=timeout)
+    kernels.raise_for_status()
+    busy = sum(1 for k in kernels.json() if k.get("execution_state") == "busy")
+    return Activity(last_activity=last_activity, busy_kernels=busy, terminal_processes=terminal_processes,
+                    gpu_utilisation=list(gpu_utilisation or []))
