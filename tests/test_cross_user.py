@@ -61,19 +61,9 @@ def world(module_hub_factory):
         f.write('\nc.JupyterHub.load_groups = {"team-a": {"users": ["alice"]}}\n')
     hub.start(timeout=120)
     alice, bob = hub.create_user("alice"), hub.create_user("bob")
-    wait_up(f"{hub.url}/services/mlflow/api/2.0/mlflow/experiments/search?max_results=1", alice)
     w = {"hub": hub, "alice": alice, "bob": bob}
-    # session
+    # session (it starts while the rest is set up; MLflow starts meanwhile too)
     assert hub.spawn("alice").status_code in (201, 202)
-    hub.wait_ready("alice")
-    # MLflow run
-    ml = f"{hub.url}/services/mlflow/api/2.0/mlflow"
-    auth = {"Authorization": f"Bearer {alice}"}
-    exp = requests.post(f"{ml}/experiments/create", json={"name": "alice-private"}, headers=auth, timeout=30)
-    assert exp.status_code == 200, exp.text
-    w["experiment"] = exp.json()["experiment_id"]
-    run = requests.post(f"{ml}/runs/create", json={"experiment_id": w["experiment"]}, headers=auth, timeout=30)
-    w["run"] = run.json()["run"]["info"]["run_id"]
     # federated job (its app in her home, as a session's workspace would hold it)
     home = hub.data_dir / "homes" / "alice"
     shutil.copytree(example_app("digits"), home / "digits", dirs_exist_ok=True)
@@ -94,6 +84,16 @@ def world(module_hub_factory):
     r = hub.fedhub_api("/provenance", alice, method="POST", json={"subject": "alice-run", "body": {"x": 1}})
     assert r.status_code == 201, r.text
     w["record"] = r.json()["hash"]
+    hub.wait_ready("alice")
+    # MLflow run
+    wait_up(f"{hub.url}/services/mlflow/api/2.0/mlflow/experiments/search?max_results=1", alice)
+    ml = f"{hub.url}/services/mlflow/api/2.0/mlflow"
+    auth = {"Authorization": f"Bearer {alice}"}
+    exp = requests.post(f"{ml}/experiments/create", json={"name": "alice-private"}, headers=auth, timeout=30)
+    assert exp.status_code == 200, exp.text
+    w["experiment"] = exp.json()["experiment_id"]
+    run = requests.post(f"{ml}/runs/create", json={"experiment_id": w["experiment"]}, headers=auth, timeout=30)
+    w["run"] = run.json()["run"]["info"]["run_id"]
     return w
 
 
@@ -279,4 +279,4 @@ def test_fedhub_token_mints_least_scope_expiring_tokens(world):
     p = fedhub_cli(hub, "", "token", "--scopes", "sites:read")
     assert p.returncode == 2 and "no hub token" in p.stderr
     p = fedhub_cli(hub, alice, "token", "--scopes", "admin:users")
-    assert p.returncode == 1 and "the hub refused (403)" in p.stderr, p.stderr
+    assert p.returncode == 1 and "the hub refused (400)" in p.stderr and "not held by User alice" in p.stderr, p.stderr

@@ -1,6 +1,7 @@
 """R4 (bounded for CI): every fedhub API route fuzzed from its OpenAPI spec with schemathesis,
 against a real hub, as a user holding every fedhub scope: no response may be a 5xx.
-benchmarks/r4_fuzz.py runs the same driver with many more examples per route."""
+benchmarks/r4_fuzz.py runs the same driver with many more examples per route.
+The module's hub runs the workshop tmp login, tested here too (one hub start for both)."""
 
 from __future__ import annotations
 
@@ -58,8 +59,25 @@ def fuzz_api(base_url: str, token: str, max_examples: int, derandomize: bool = T
             "seconds": time.monotonic() - started, "per_operation": per_operation}
 
 
-def test_no_fedhub_route_answers_5xx_to_fuzzed_requests(hub_factory):
-    hub = hub_factory(None, args=("--no-mlflow", "--no-inference")).start()
+@pytest.fixture(scope="module")
+def workshop_hub(module_hub_factory):
+    """One hub for this module, with the workshop's tmp login (a fresh account per visitor)."""
+    return module_hub_factory(None, args=("--no-mlflow", "--no-inference", "--authenticator", "tmp")).start()
+
+
+def test_tmp_login_gives_each_visitor_a_fresh_account(workshop_hub):
+    hub = workshop_hub
+    names = set()
+    for _ in range(2):
+        s = requests.Session()
+        r = s.get(f"{hub.url}/hub/tmplogin", timeout=30)
+        assert r.status_code == 200, r.text[:200]
+        names.add(s.get(f"{hub.url}/hub/api/user", timeout=30, headers={"Referer": f"{hub.url}/hub/"}).json().get("name"))
+    assert len(names) == 2 and None not in names
+
+
+def test_no_fedhub_route_answers_5xx_to_fuzzed_requests(workshop_hub):
+    hub = workshop_hub
     token = hub.create_user("fuzzer")
     (hub.data_dir / "homes" / "fuzzer").mkdir(parents=True, exist_ok=True)
     report = fuzz_api(f"{hub.url}/services/fedhub", token, CI_EXAMPLES_PER_ROUTE)
