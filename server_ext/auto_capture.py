@@ -6,7 +6,7 @@ MLflow's own plugin mechanism: this is a `mlflow.run_context_provider` entry poi
 asks every provider for tags when the fluent API creates a run. Ours is in context when
 $FEDHUB_AUTO_CAPTURE is on (the session's server extension sets it for its kernels and
 terminals, unless `c.FedhubCapture.auto_capture = False`; a user's FEDHUB_AUTO_CAPTURE=0
-wins). Its `tags()` costs microseconds: it names what is running, returns one tag
+wins). Its `tags()` does next to nothing: it names what is running, returns one tag
 (`fedhub.capture.auto`, a nonce) and hands everything else to a background thread, which
 finds the run by that tag once MLflow has created it and runs capture.py's capture on it
 (git, package list, hardware, notebook + nbconvert at nice 19, upload). Nothing here can
