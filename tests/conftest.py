@@ -147,7 +147,7 @@ class Hub:
 def _hub_maker(base: Path):
     hubs: list[Hub] = []
 
-    def make(catalogue: str | None = None, args=("--no-mlflow",), data_dir=None) -> Hub:
+    def make(catalogue: str | None = None, args=("--no-mlflow", "--no-inference"), data_dir=None) -> Hub:
         hub = Hub(Path(data_dir or base / f"hub{len(hubs)}"), free_port(), list(args), catalogue)
         hubs.append(hub)
         return hub

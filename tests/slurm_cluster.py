@@ -11,6 +11,7 @@ the controller for a token (`scontrol token`).
 
 from __future__ import annotations
 
+import fcntl
 import os
 import shutil
 import signal
@@ -74,14 +75,17 @@ def free_port() -> int:
 
 
 def ensure_munged() -> None:
-    if subprocess.run(["pgrep", "-x", "munged"], capture_output=True).returncode == 0:
-        return
-    if not Path("/etc/munge/munge.key").exists():
-        subprocess.run(["/usr/sbin/mungekey", "--create"], check=True)
-        shutil.chown("/etc/munge/munge.key", "munge", "munge")
-    os.makedirs("/run/munge", exist_ok=True)
-    shutil.chown("/run/munge", "munge", "munge")
-    subprocess.run(["runuser", "-u", "munge", "--", "/usr/sbin/munged"], check=True)
+    # one munged for every cluster; the lock keeps parallel test workers from starting two
+    with open("/tmp/fedhub-tests-munged.lock", "a") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if subprocess.run(["pgrep", "-x", "munged"], capture_output=True).returncode == 0:
+            return
+        if not Path("/etc/munge/munge.key").exists():
+            subprocess.run(["/usr/sbin/mungekey", "--create"], check=True)
+            shutil.chown("/etc/munge/munge.key", "munge", "munge")
+        os.makedirs("/run/munge", exist_ok=True)
+        shutil.chown("/run/munge", "munge", "munge")
+        subprocess.run(["runuser", "-u", "munge", "--", "/usr/sbin/munged"], check=True)
 
 
 class SlurmCluster:

@@ -11,7 +11,7 @@ pytestmark = pytest.mark.hub
 
 @pytest.fixture(scope="module")
 def hub(module_hub_factory):
-    return module_hub_factory(None, args=[]).start()  # default catalogue, MLflow on
+    return module_hub_factory(None, args=["--no-inference"]).start()  # default catalogue, MLflow on
 
 
 @pytest.fixture(scope="module")

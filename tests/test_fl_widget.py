@@ -30,7 +30,7 @@ def test_round_figures_flatten_a_round_record():
 
 @pytest.fixture(scope="module")
 def hub_home(module_hub_factory):
-    hub = module_hub_factory(None, args=["--no-mlflow"]).start()
+    hub = module_hub_factory(None, args=["--no-mlflow", "--no-inference"]).start()
     token = hub.create_user("wid")
     home = hub.data_dir / "homes" / "wid"
     home.mkdir(parents=True, exist_ok=True)

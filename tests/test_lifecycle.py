@@ -71,7 +71,7 @@ def test_ctrl_c_stops_everything_it_started(hub_factory):
 
 
 def test_hub_restart_reconnects_running_sessions_then_stop_frees_them(hub_factory):
-    hub = hub_factory(CATALOGUE, args=["--no-mlflow", "--keep-servers"]).start()
+    hub = hub_factory(CATALOGUE, args=["--no-mlflow", "--no-inference", "--keep-servers"]).start()
     tokens = {name: hub.create_user(name) for name in ("kim", "lee")}
     assert hub.spawn("kim", gpus=2, site="one").status_code in (201, 202)
     assert hub.spawn("lee", gpus=1, site="two").status_code in (201, 202)

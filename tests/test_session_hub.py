@@ -18,7 +18,7 @@ pytestmark = pytest.mark.hub
 
 @pytest.fixture(scope="module")
 def hub(module_hub_factory):
-    hub = module_hub_factory(None, args=[])  # default catalogue, MLflow on
+    hub = module_hub_factory(None, args=["--no-inference"])  # default catalogue, MLflow on
     with open(hub.data_dir / "jupyterhub_config.py", "a") as f:
         f.write('\nc.JupyterHub.load_groups = {"lab": {"users": ["omar"]}}\n')
     return hub.start()

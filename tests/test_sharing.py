@@ -25,7 +25,7 @@ print(exp.experiment_id, runs[0].data.metrics['acc'])
 
 @pytest.fixture(scope="module")
 def hub(module_hub_factory):
-    hub = module_hub_factory(None, args=[])  # default catalogue, MLflow on
+    hub = module_hub_factory(None, args=["--no-inference"])  # default catalogue, MLflow on
     with open(hub.data_dir / "jupyterhub_config.py", "a") as f:  # the tests' token may not create groups
         f.write('\nc.JupyterHub.load_groups = {"lab": {"users": ["bob"]}, "other": {"users": []}}\n')
     hub.start()

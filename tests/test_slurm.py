@@ -36,7 +36,7 @@ def clusters(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def hub(module_hub_factory, clusters):
-    h = module_hub_factory(catalogue(*clusters), args=["--no-mlflow", "--keep-servers"])
+    h = module_hub_factory(catalogue(*clusters), args=["--no-mlflow", "--no-inference", "--keep-servers"])
     with open(h.data_dir / "jupyterhub_config.py", "a") as f:
         f.write("\nc.Spawner.poll_interval = 2\n")  # notice jobs cancelled outside the hub quickly
     return h.start()
@@ -56,15 +56,17 @@ def sites(hub, token):
     return {s["name"]: s for s in hub.fedhub_api("/sites", token).json()["sites"]}
 
 
-def job_env(job_id: str) -> dict:
-    """Environment of the jupyterhub-singleuser process running inside Slurm job job_id."""
+def job_env(job_id: str, cluster: str) -> dict:
+    """Environment of the jupyterhub-singleuser process running inside Slurm job job_id of
+    that cluster (job ids repeat across clusters, and other tests may run theirs)."""
     for proc in psutil.process_iter(["cmdline"]):
         try:
             cmd = " ".join(proc.info["cmdline"] or [])
             env = proc.environ()
         except (psutil.Error, OSError):
             continue
-        if "jupyterhub-singleuser" in cmd and env.get("SLURM_JOB_ID") == job_id:
+        if ("jupyterhub-singleuser" in cmd and env.get("SLURM_JOB_ID") == job_id
+                and env.get("SLURM_CLUSTER_NAME") == cluster):
             return env
     raise AssertionError(f"no jupyterhub-singleuser process for job {job_id}")
 
@@ -95,7 +97,7 @@ def test_session_runs_as_a_slurm_job_with_its_gpu_and_answers_through_the_proxy(
     assert state["allocation"]["site"] == "hpc-a"
     job_id = state["child"]["job_id"]
     assert any(line.startswith(f"{job_id} RUNNING") for line in a.jobs())
-    env = job_env(job_id)
+    env = job_env(job_id, a.name)
     assert env["CUDA_VISIBLE_DEVICES"] == "0"  # set by Slurm from GRES, not by fedhub
     assert env["FEDHUB_SITE"] == "hpc-a"
     r = requests.get(f"{hub.url}/user/sara/api/status", headers={"Authorization": f"token {token}"})

@@ -223,7 +223,7 @@ def hub(module_hub_factory, cluster, jwt_file):
                                   "poll_interval": 1, "start_timeout": 90}}],
            "defaults": {"cpus": 1, "memory": "512M"}}
     assert "SLURM_CONF" not in os.environ  # the hub knows the cluster by its REST URL only
-    h = module_hub_factory(json.dumps(doc), args=["--no-mlflow", "--keep-servers"])
+    h = module_hub_factory(json.dumps(doc), args=["--no-mlflow", "--no-inference", "--keep-servers"])
     with open(h.data_dir / "jupyterhub_config.py", "a") as f:
         f.write("\nc.Spawner.poll_interval = 1\n")  # the hub polls sessions often: none may die of a REST outage
     return h.start()
@@ -263,7 +263,7 @@ def test_session_is_a_job_submitted_over_rest_pending_reason_gpu_proxy_and_stop(
     job_id = server["state"]["fedhub"]["child"]["job_id"]
     assert server["state"]["fedhub"]["allocation"]["site"] == "hpc-rest"
     assert f"{job_id} RUNNING" in cluster.jobs()  # squeue sees the job slurmrestd submitted
-    env = job_env(job_id)
+    env = job_env(job_id, cluster.name)
     assert env["CUDA_VISIBLE_DEVICES"] == "0" and env["FEDHUB_SITE"] == "hpc-rest"  # CUDA_...: set by Slurm
     r = requests.get(f"{hub.url}/user/rita/api/status", headers={"Authorization": f"token {token}"})
     assert r.status_code == 200
