@@ -214,6 +214,8 @@ class FederatedSpawner(Spawner):
     def _make_child(self, alloc: Allocation, req: SessionRequest) -> Spawner:
         backend = self.federation.backends[alloc.site]
         overrides = backend.spawner_overrides(alloc, req)
+        if req.session_type == "vscode":  # code-server through jupyter-server-proxy (server_ext/vscode.py)
+            overrides.setdefault("default_url", "/vscode/")
         env = {**self.environment, **overrides.pop("environment", {}), **self.dataset_environment(alloc.site, req)}
         child = backend.spawner_class()(
             user=self.user, orm_spawner=self.orm_spawner, hub=self.hub,
