@@ -1,0 +1,102 @@
+"""VS Code sessions: the jupyter-server-proxy entry (registered entry point, command line with
+user data and extensions in the home, Node 24 first on PATH) and code-server really started
+from it, answering /healthz with the home as its workspace."""
+
+import os
+import subprocess
+import time
+from importlib.metadata import entry_points
+from pathlib import Path
+
+import requests
+
+from conftest import free_port
+from fedhub.server_ext import vscode
+
+
+def test_entry_point_is_registered_for_jupyter_server_proxy():
+    eps = {ep.name: ep for ep in entry_points(group="jupyter_serverproxy_servers")}
+    assert eps["vscode"].load() is vscode.setup_vscode
+
+
+def test_command_keeps_settings_and_extensions_in_the_home(tmp_path, monkeypatch):
+    monkeypatch.setenv("HOME", str(tmp_path))
+    monkeypatch.setenv("FEDHUB_CODE_SERVER", "/opt/cs/bin/code-server")
+    entry = vscode.setup_vscode()
+    cmd = entry["command"]
+    assert cmd[0] == "/opt/cs/bin/code-server" and cmd[-1] == str(tmp_path)
+    assert cmd[cmd.index("--user-data-dir") + 1].startswith(str(tmp_path))
+    assert cmd[cmd.index("--extensions-dir") + 1].startswith(str(tmp_path))
+    assert cmd[cmd.index("--bind-addr") + 1] == "127.0.0.1:{port}" and "none" == cmd[cmd.index("--auth") + 1]
+    assert entry["environment"]["PATH"].startswith(str(vscode.NODE24_BIN))
+    assert entry["launcher_entry"]["title"] == "VS Code"
+
+
+def test_missing_code_server_is_a_clear_error(monkeypatch):
+    monkeypatch.delenv("FEDHUB_CODE_SERVER", raising=False)
+    monkeypatch.setattr(vscode, "BUNDLED_BIN", Path("/nonexistent"))
+    monkeypatch.setenv("PATH", "/nonexistent")
+    try:
+        vscode.setup_vscode()
+    except RuntimeError as e:
+        assert "./dev setup" in str(e) and "FEDHUB_CODE_SERVER" in str(e)
+    else:
+        raise AssertionError("setup_vscode() without code-server did not fail")
+
+
+def test_code_server_starts_from_the_entry(tmp_path):
+    """The real code-server, launched exactly as jupyter-server-proxy would."""
+    env = {**os.environ, "HOME": str(tmp_path)}
+    env.pop("FEDHUB_CODE_SERVER", None)
+    port = free_port()
+    entry_env = {**env, "HOME": str(tmp_path)}
+    cmd = [c.replace("{port}", str(port)) for c in vscode.vscode_command(vscode.find_code_server(env), tmp_path)]
+    proc = subprocess.Popen(cmd, env={**entry_env, **vscode.vscode_environment(env)},
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, start_new_session=True)
+    try:
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            try:
+                if requests.get(f"http://127.0.0.1:{port}/healthz", timeout=2).status_code == 200:
+                    break
+            except requests.ConnectionError:
+                time.sleep(0.3)
+        else:
+            raise AssertionError("code-server did not answer /healthz in 60 s")
+        r = requests.get(f"http://127.0.0.1:{port}/", timeout=10, allow_redirects=False)
+        assert r.status_code == 302 and str(tmp_path).replace("/", "%2F") in r.headers["Location"].replace("/", "%2F")
+        assert (tmp_path / vscode.DATA_DIR / "user-data").is_dir()  # settings live in the home
+    finally:
+        os.killpg(proc.pid, 15)
+        proc.wait(timeout=20)
+
+
+def test_vscode_session_through_the_hub(hub_factory, tmp_path):
+    """A real hub offers VS Code; the session opens at /vscode/ and code-server answers through
+    the hub's proxy with the user's home as workspace; files written in the home persist."""
+    hub = hub_factory()
+    cfg = hub.data_dir / "jupyterhub_config.py"
+    cfg.write_text(cfg.read_text() + '\nc.FederatedSpawner.session_types = ["jupyterlab", "vscode"]\n')
+    hub.start()
+    token = hub.create_user("vs-ann")
+    r = hub.spawn("vs-ann", session_type="vscode")
+    assert r.status_code in (201, 202), r.text
+    hub.wait_ready("vs-ann")
+    env = hub.session_env("vs-ann")
+    assert env["FEDHUB_SESSION_TYPE"] == "vscode"
+    base = f"{hub.url}/user/vs-ann"
+    headers = {"Authorization": f"token {token}"}
+    home = env["HOME"]
+    deadline = time.monotonic() + 90
+    while time.monotonic() < deadline:  # the first request starts code-server
+        r = requests.get(f"{base}/vscode/healthz", headers=headers, timeout=30)
+        if r.status_code == 200:
+            break
+        time.sleep(0.5)
+    assert r.status_code == 200, r.text[:300]
+    r = requests.get(f"{base}/vscode/", headers=headers, timeout=30, allow_redirects=False)
+    assert r.status_code == 302 and "folder=" in r.headers["Location"], (r.status_code, r.headers)
+    assert Path(home, ".local/share/fedhub-vscode/user-data").is_dir()
+    r = requests.get(f"{base}/api/spec.yaml", headers=headers, timeout=30)  # the JupyterLab side is there too
+    assert r.status_code == 200
+    hub.stop_server("vs-ann")
