@@ -91,12 +91,50 @@ class NvidiaSmiProbe(GpuProbe):
 
 
 def session_activity(server_url: str, token: str, last_activity: float | None,
-                     terminal_processes: int = 0, gpu_utilisation: list[float] | None = None,
-                     timeout: float = 10) -> Activity:
-    """Ask a running single-user server for its kernels (execution_state) and terminals."""
-    headers = {"Authorization": f"token {token}"}
-    kernels = requests.get(f"{server_url.rstrip('/')}/api/kernels", headers=headers, timeout=timeout)
-    kernels.raise_for_status()
-    busy = sum(1 for k in kernels.json() if k.get("execution_state") == "busy")
-    return Activity(last_activity=last_activity, busy_kernels=busy, terminal_processes=terminal_processes,
+                     gpu_utilisation: list[float] | None = None, timeout: float = 10) -> Activity:
+    """Ask a running single-user server (fedhub's /fedhub/api/activity route) what runs in it."""
+    r = requests.get(f"{server_url.rstrip('/')}/fedhub/api/activity",
+                     headers={"Authorization": f"token {token}"}, timeout=timeout)
+    r.raise_for_status()
+    data = r.json()
+    return Activity(last_activity=last_activity, busy_kernels=int(data["busy_kernels"]),
+                    terminal_processes=int(data["terminal_processes"]),
                     gpu_utilisation=list(gpu_utilisation or []))
+
+
+def _parse_time(stamp: str | None) -> float | None:
+    from datetime import datetime
+    if not stamp:
+        return None
+    return datetime.fromisoformat(stamp.replace("Z", "+00:00")).timestamp()
+
+
+def cull_once(hub_url: str, token: str, idle_timeout: float, probe: GpuProbe | None = None,
+              now: float | None = None, log=None) -> dict[str, Decision]:
+    """One pass over ready servers: stop those ``decide`` calls idle. Homes are untouched
+    (stopping a server never deletes files). ``token`` needs admin:servers and access:servers."""
+    import time
+    probe = probe or NvidiaSmiProbe()
+    headers = {"Authorization": f"token {token}"}
+    users = requests.get(f"{hub_url}/hub/api/users", params={"state": "ready"}, headers=headers, timeout=30)
+    users.raise_for_status()
+    decisions: dict[str, Decision] = {}
+    for user in users.json():
+        for name, server in (user.get("servers") or {}).items():
+            key = f"{user['name']}/{name}"
+            gpu_ids = (((server.get("state") or {}).get("fedhub") or {}).get("allocation") or {}).get("gpu_ids") or []
+            try:
+                activity = session_activity(f"{hub_url}{server['url']}", token,
+                                            _parse_time(server.get("last_activity")),
+                                            gpu_utilisation=probe.utilisation(list(gpu_ids)))
+            except (requests.RequestException, KeyError, ValueError) as e:
+                # a session we cannot ask is judged on the hub's last_activity alone
+                if log:
+                    log.warning("culler: could not ask %s what runs: %s", key, e)
+                activity = Activity(_parse_time(server.get("last_activity")))
+            d = decisions[key] = decide(activity, time.time() if now is None else now, idle_timeout)
+            if d.cull:
+                path = f"/hub/api/users/{user['name']}/servers/{name}" if name else \
+                    f"/hub/api/users/{user['name']}/server"
+                requests.delete(f"{hub_url}{path}", headers=headers, timeout=60)
+    return decisions

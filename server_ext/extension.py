@@ -54,7 +54,9 @@ def load(serverapp) -> None:
     base = url_path_join(web_app.settings["base_url"], "fedhub", "api")
     from .deploy_handlers import ROUTES as DEPLOY_ROUTES
     from .fl_handlers import ROUTES as FL_ROUTES
-    handlers = [(url_path_join(base, path) + "/?$", h) for path, h in [*ROUTES, *FL_ROUTES, *DEPLOY_ROUTES]]
+    from .activity import ROUTES as ACTIVITY_ROUTES  # the hub's idle culler asks what is running
+    handlers = [(url_path_join(base, path) + "/?$", h)
+                for path, h in [*ROUTES, *FL_ROUTES, *DEPLOY_ROUTES, *ACTIVITY_ROUTES]]
     handlers.append((url_path_join(base, "(.*)"), NotFoundHandler))
     web_app.settings.update(
         fedhub_context=ctx,

@@ -44,3 +44,76 @@ def test_gpu_in_use_spares_only_the_session_on_that_gpu():
 def test_nvidia_smi_csv_and_absence():
     assert NvidiaSmiProbe.parse("0, 12\n1, [N/A]\n2, 0\n") == {0: 12.0, 2: 0.0}
     assert NvidiaSmiProbe(command="no-such-nvidia-smi").utilisation([0]) == []
+
+
+@pytest.mark.hub
+def test_culler_spares_busy_kernel_and_terminal_and_culls_the_idle(hub_factory):
+    """Real hub, three real sessions: one runs a kernel cell, one a terminal command, one does
+    nothing. With an idle limit of 0 s only the idle one is stopped, and its home keeps its files."""
+    import asyncio
+    import json
+    import time
+    from pathlib import Path
+
+    import requests
+    from tornado.httpclient import HTTPRequest
+    from tornado.websocket import websocket_connect
+
+    from conftest import ADMIN_TOKEN
+    from fedhub.hub.culler import cull_once
+
+    hub = hub_factory().start()
+    users = ("cull-kern", "cull-term", "cull-idle")
+    toks = {u: hub.create_user(u) for u in users}
+    for u in users:
+        assert hub.spawn(u).status_code in (201, 202)
+    for u in users:
+        hub.wait_ready(u)
+    home = Path(hub.session_env("cull-idle")["HOME"])
+    (home / "keep.txt").write_text("mine")
+
+    async def drive():
+        h = {"Authorization": f"token {toks['cull-kern']}"}
+        base = f"{hub.url}/user/cull-kern/"
+        kid = requests.post(f"{base}api/kernels", headers=h, json={}, timeout=60).json()["id"]
+        kws = await websocket_connect(HTTPRequest(base.replace("http", "ws", 1) + f"api/kernels/{kid}/channels",
+                                                  headers=h))
+        kws.write_message(json.dumps({
+            "header": {"msg_id": "x1", "username": "", "session": "s", "msg_type": "execute_request",
+                       "version": "5.3"}, "parent_header": {}, "metadata": {}, "channel": "shell",
+            "content": {"code": "import time; time.sleep(120)", "silent": False}}))
+        h2 = {"Authorization": f"token {toks['cull-term']}"}
+        base2 = f"{hub.url}/user/cull-term/"
+        name = requests.post(f"{base2}api/terminals", headers=h2, timeout=60).json()["name"]
+        tws = await websocket_connect(HTTPRequest(
+            base2.replace("http", "ws", 1) + f"terminals/websocket/{name}", headers=h2))
+        tws.write_message(json.dumps(["stdin", "sleep 120\r"]))
+        return kws, tws
+
+    loop = asyncio.new_event_loop()
+    kws, tws = loop.run_until_complete(drive())
+    try:
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            loop.run_until_complete(asyncio.sleep(0.5))  # keep the websockets served
+            a = requests.get(f"{hub.url}/user/cull-kern/fedhub/api/activity", timeout=10,
+                             headers={"Authorization": f"token {toks['cull-kern']}"}).json()
+            b = requests.get(f"{hub.url}/user/cull-term/fedhub/api/activity", timeout=10,
+                             headers={"Authorization": f"token {toks['cull-term']}"}).json()
+            if a["busy_kernels"] and b["terminal_processes"]:
+                break
+        assert a["busy_kernels"] == 1 and b["terminal_processes"] >= 1, (a, b)
+        decisions = cull_once(hub.url, ADMIN_TOKEN, idle_timeout=0, now=time.time() + 3600)
+    finally:
+        kws.close()
+        tws.close()
+        loop.close()
+    assert decisions["cull-kern/"].cull is False and "kernel(s) busy" in decisions["cull-kern/"].reason
+    assert decisions["cull-term/"].cull is False and "terminals" in decisions["cull-term/"].reason
+    assert decisions["cull-idle/"].cull is True
+    deadline = time.monotonic() + 60
+    while hub.server("cull-idle") is not None and time.monotonic() < deadline:
+        time.sleep(0.5)
+    assert hub.server("cull-idle") is None
+    assert hub.server("cull-kern")["ready"] and hub.server("cull-term")["ready"]
+    assert (home / "keep.txt").read_text() == "mine"  # culling loses no files
