@@ -127,7 +127,7 @@ def test_a_good_request_becomes_a_spec(home):
     spec = validate_request({"app": "digits", "sites": "local-a,hpc", "rounds": 3, "compression": "topk:0.05",
                              "run_config": {"local-epochs": 1}}, home, OFFERS)
     assert spec.app == str((home / "digits").resolve()) and spec.sites == ("local-a", "hpc")
-    assert spec.compression == {"codec": "topk", "fraction": 0.05, "value_bits": 32}
+    assert spec.compression == {"codec": "topk", "fraction": 0.05, "value_bits": 8}
     assert spec.on_dropout == "continue" and spec.strategy == "fedavg"
     same = validate_request({"app": str(home / "digits"), "sites": ["hpc"], "rounds": 1}, home, OFFERS)
     assert same.app == spec.app and same.compression is None

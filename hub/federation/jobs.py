@@ -121,7 +121,8 @@ def parse_compression(raw) -> dict | None:
         raise JobError(400, f"compression: expected a codec among {list(CODECS)}, got {codec!r}")
     if codec == "none":
         return None
-    fraction, bits = raw.get("fraction", 0.1), raw.get("value_bits", 32)
+    # defaults: what P3 measured (20% kept, 8-bit values: 5.3x fewer bytes, -0.2 pp accuracy)
+    fraction, bits = raw.get("fraction", 0.2), raw.get("value_bits", 8)
     if isinstance(fraction, bool) or not isinstance(fraction, (int, float)) or \
             isinstance(bits, bool) or not isinstance(bits, int):
         raise JobError(400, f"compression: fraction must be a number and value_bits an integer, got {raw!r}")
