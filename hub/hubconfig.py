@@ -154,3 +154,23 @@ def federation_settings(s: dict) -> dict:
         "homes_dir": str(data / "homes"),  # the home template of local and Slurm sessions
         "mlflow_url": f"http://127.0.0.1:{s['ports']['mlflow']}/services/mlflow" if s.get("mlflow", True) else "",
     }
+
+
+def pass_federated_jobs_config(c) -> None:
+    """`c.FederatedJobs.<name>` in a jupyterhub_config.py reaches the job manager, which runs
+    in the fedhub API service (another process): merged into its settings environment."""
+    overrides = {k: v for k, v in c.FederatedJobs.items()}
+    if not overrides:
+        return
+    from fedhub.hub.federation.manager import FederatedJobs
+
+    known = set(FederatedJobs.class_trait_names(config=True))
+    unknown = sorted(set(overrides) - known)
+    if unknown:
+        raise ValueError(f"c.FederatedJobs.{unknown[0]}: no such setting; expected one of {sorted(known)}")
+    for svc in c.JupyterHub.services:
+        if svc.get("name") == "fedhub":
+            env = svc.setdefault("environment", {})
+            settings = json.loads(env.get("FEDHUB_FEDERATION_SETTINGS") or "{}")
+            settings.update(overrides)
+            env["FEDHUB_FEDERATION_SETTINGS"] = json.dumps(settings)

@@ -11,6 +11,13 @@ configure(c, _settings)
 for _extra in _settings.get("extra_configs", []):
     load_subconfig(_extra)  # noqa: F821
 
+from fedhub.hub.hubconfig import pass_federated_jobs_config  # noqa: E402
+
+try:
+    pass_federated_jobs_config(c)
+except ValueError as _e:
+    raise SystemExit(f"fedhub: jupyterhub_config.py: {_e}")
+
 # Load the federation now (not at the first spawn): a bad catalogue or override stops the
 # hub with the error, and the API serves the inventory from the first second.
 from fedhub.hub.catalogue import CatalogueError  # noqa: E402

@@ -312,3 +312,29 @@ def test_sites_offered_follow_the_catalogue_and_the_live_inventory(tmp_path):
     with pytest.raises(JobError) as e:
         asyncio.run(jobs.create("ann", "", {"app": "x", "sites": ["x"], "rounds": 1}))
     assert e.value.status == 503 and "federated jobs are unavailable" in e.value.message
+
+
+def test_federated_jobs_settings_from_jupyterhub_config_reach_the_service(tmp_path):
+    """c.FederatedJobs.<name> set in a jupyterhub_config.py ends up in the API service's
+    settings, and the job manager built from them takes it."""
+    import json as _json
+
+    from traitlets.config import Config
+
+    from fedhub.hub.federation.manager import FederatedJobs
+    from fedhub.hub.hubconfig import configure, pass_federated_jobs_config
+
+    c = Config()
+    configure(c, {"data_dir": str(tmp_path), "ip": "127.0.0.1", "port": 8000, "catalogue_file": "sites.yaml",
+                  "proxy_command": "chp", "shared_password": "x",
+                  "ports": {n: 1 for n in ("hub", "proxy_api", "fedhub_api", "mlflow", "mlflow_internal",
+                                           "inference", "inference_http", "inference_grpc")}})
+    c.FederatedJobs.max_active_jobs_per_user = 7
+    pass_federated_jobs_config(c)
+    fedhub = next(s for s in c.JupyterHub.services if s["name"] == "fedhub")
+    settings = _json.loads(fedhub["environment"]["FEDHUB_FEDERATION_SETTINGS"])
+    assert settings["max_active_jobs_per_user"] == 7 and settings["catalogue_file"] == "sites.yaml"
+    assert FederatedJobs(str(tmp_path / "state"), **settings).max_active_jobs_per_user == 7
+    c.FederatedJobs.max_jobs = 1  # a typo is named, with what exists
+    with pytest.raises(ValueError, match=r"c.FederatedJobs.max_jobs: no such setting; expected one of .*max_active_jobs_per_user"):
+        pass_federated_jobs_config(c)
