@@ -7,7 +7,7 @@ nothing, send the warning event (once), or stop the session.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 
 
 class ExpiryError(ValueError):
@@ -62,3 +62,107 @@ def phase(now: float, end: float, limits: TimeLimits) -> str:
     if end - now <= limits.warn_minutes * 60:
         return "warning"
     return "running"
+
+
+# ------------------------------------------------------------------ the watcher (API service)
+
+LIMITS_FILE = "time-limits.json"  # next to the state dir: {"default": {...}, "groups": {"name": {...}}}
+STATE_FILE = "expiry.json"
+
+
+def load_limits(path) -> tuple[TimeLimits, dict[str, TimeLimits]]:
+    import json
+    from pathlib import Path
+    path = Path(path)
+    try:
+        raw = json.loads(path.read_text())
+    except FileNotFoundError:
+        return TimeLimits(), {}
+    except ValueError as e:
+        raise ExpiryError(f"{path}: expected JSON ({e})") from None
+    try:
+        default = TimeLimits(**raw.get("default", {}))
+        groups = {g: TimeLimits(**v) for g, v in raw.get("groups", {}).items()}
+    except TypeError as e:
+        raise ExpiryError(f"{path}: keys are default_hours, max_hours, warn_minutes ({e})") from None
+    return default, groups
+
+
+class ExpiryWatcher:
+    """Tracks each running session's end, records the warning once, stops it at the end."""
+
+    def __init__(self, store, state_dir, groups_of, stop_server, log=None):
+        from pathlib import Path
+        self.store, self.groups_of, self.stop_server, self.log = store, groups_of, stop_server, log
+        self.path = Path(state_dir) / STATE_FILE
+        try:
+            self.default, self.by_group = load_limits(Path(state_dir).parent / LIMITS_FILE)
+        except ExpiryError as e:  # a bad limits file must not take the API down: defaults, loudly
+            if log:
+                log.error("expiry: %s; using the default time limits", e)
+            self.default, self.by_group = TimeLimits(), {}
+        self.sessions: dict[str, dict] = self._load()
+
+    def _load(self) -> dict:
+        import json
+        try:
+            return json.loads(self.path.read_text())
+        except (FileNotFoundError, ValueError):
+            return {}
+
+    def _save(self) -> None:
+        import json
+        import os
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = self.path.with_suffix(".tmp")
+        tmp.write_text(json.dumps(self.sessions))
+        os.replace(tmp, self.path)
+
+    async def limits(self, user: str) -> TimeLimits:
+        if not self.by_group:
+            return self.default
+        return limits_for(await self.groups_of(user), self.by_group, self.default)
+
+    async def poll(self, now: float) -> None:
+        live = {f"{s['user']}/{s.get('server_name', '')}": s for s in self.store.read().get("sessions", [])
+                if s.get("status") == "running" and "user" in s}
+        changed = False
+        for key in [k for k in self.sessions if k not in live]:
+            del self.sessions[key]
+            changed = True
+        for key, s in live.items():
+            rec = self.sessions.get(key)
+            if rec is None or rec["since"] != s.get("since"):
+                lim = await self.limits(s["user"])
+                rec = self.sessions[key] = {"user": s["user"], "server_name": s.get("server_name", ""),
+                                            "since": s.get("since"), "started": float(s.get("since") or now),
+                                            "end": deadline(float(s.get("since") or now),
+                                                            s.get("time_limit_hours"), lim),
+                                            "limits": asdict(lim), "events": []}
+                changed = True
+            p = phase(now, rec["end"], TimeLimits(**rec["limits"]))
+            if p == "warning" and not any(e["kind"] == "warning" and e["end"] == rec["end"] for e in rec["events"]):
+                rec["events"].append({"kind": "warning", "time": now, "end": rec["end"],
+                                      "message": f"This session ends in {max(0, rec['end'] - now) / 60:.1f} "
+                                                 "minutes; extend it or save your work."})
+                changed = True
+            elif p == "expired" and not any(e["kind"] == "ended" for e in rec["events"]):
+                rec["events"].append({"kind": "ended", "time": now, "end": rec["end"],
+                                      "message": "The session reached its time limit and was stopped."})
+                changed = True
+                try:
+                    await self.stop_server(rec["user"], rec["server_name"])
+                except Exception as e:  # one session that will not stop must not stop the watcher
+                    if self.log:
+                        self.log.warning("expiry: could not stop %s: %s", key, e)
+        if changed:
+            self._save()
+
+    def extend(self, user: str, server_name: str, hours: float) -> dict:
+        rec = self.sessions.get(f"{user}/{server_name}")
+        if rec is None:
+            raise ExpiryError("no running session to extend")
+        rec["end"] = extend(rec["started"], rec["end"], hours, TimeLimits(**rec["limits"]))
+        rec["events"].append({"kind": "extended", "end": rec["end"], "message": f"Extended by {hours} h"})
+        self._save()
+        return rec

@@ -86,7 +86,9 @@ def configure(c, s: dict) -> None:
                                # the API service mints least-scope tokens for edge devices
                                {"name": "fedhub-service", "services": ["fedhub"],
                                 # groups: the dataset and federated-job policies depend on them
-                                "scopes": ["tokens", "read:users:groups", "read:groups"]}]
+                                "scopes": ["tokens", "read:users:groups", "read:groups",
+                                           # expiry: stop a session at its time limit
+                                           "admin:servers"]}]
 
     python = sys.executable
     services = [{

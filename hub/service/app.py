@@ -12,6 +12,7 @@ import json
 import os
 import secrets
 import signal
+import time
 from pathlib import Path
 
 from jupyterhub.services.auth import HubOAuth, HubOAuthCallbackHandler
@@ -35,6 +36,8 @@ from .store import SnapshotStore
 from .usage import ROUTES as USAGE_ROUTES
 from .usage import book_of
 from ..accounting import UsageRecorder
+from .expiry import ROUTES as EXPIRY_ROUTES
+from ..expiry import ExpiryWatcher
 
 API_VERSION = "0.1.0"
 OPENAPI_PATH = Path(__file__).with_name("openapi.yaml")
@@ -67,7 +70,23 @@ ROUTES = [
     *EDGE_ROUTES,
     *JOB_ROUTES,
     *USAGE_ROUTES,
+    *EXPIRY_ROUTES,
 ]
+
+
+async def _hub_call(method: str, path: str):
+    from tornado.httpclient import AsyncHTTPClient
+    api, token = os.environ["JUPYTERHUB_API_URL"].rstrip("/"), os.environ["JUPYTERHUB_API_TOKEN"]
+    return await AsyncHTTPClient().fetch(f"{api}{path}", method=method, headers={"Authorization": f"token {token}"},
+                                         request_timeout=30, allow_nonstandard_methods=True)
+
+
+async def _hub_groups(user: str) -> list[str]:
+    return json.loads((await _hub_call("GET", f"/users/{user}")).body).get("groups") or []
+
+
+async def _stop_server(user: str, server_name: str) -> None:
+    await _hub_call("DELETE", f"/users/{user}/servers/{server_name}" if server_name else f"/users/{user}/server")
 
 
 def make_app(state_dir: str, prefix: str | None = None) -> web.Application:
@@ -77,11 +96,13 @@ def make_app(state_dir: str, prefix: str | None = None) -> web.Application:
     handlers.append((r".*", NotFoundHandler))
     # revoked and expired tokens must stop working within seconds (HubAuth caches 5 minutes by default)
     HubOAuth.instance(cache_max_age=TOKEN_CACHE_SECONDS)
+    store = SnapshotStore(state_dir)
     return web.Application(
         handlers,
         cookie_secret=secrets.token_bytes(32),
-        fedhub_store=SnapshotStore(state_dir),
+        fedhub_store=store,
         fedhub_state_dir=state_dir,
+        fedhub_expiry=ExpiryWatcher(store, state_dir, _hub_groups, _stop_server, app_log),
         default_handler_class=NotFoundHandler,
     )
 
@@ -105,6 +126,9 @@ async def _serve(app: web.Application, ip: str, port: int) -> None:
     recorder = SessionRecorder(app.settings["fedhub_store"], ledger_of(app.settings), app_log)
     usage = UsageRecorder(app.settings["fedhub_store"], book_of(app.settings), app_log)
     sessions_watch = PeriodicCallback(lambda: (recorder.poll(), usage.poll()), 2000)
+    expiry = app.settings["fedhub_expiry"]
+    expiry_watch = PeriodicCallback(lambda: expiry.poll(time.time()), 1000)
+    expiry_watch.start()
     sessions_watch.start()
     reconcile = loop.create_task(manager_of(app.settings).reconcile())  # deployments after a restart
     recover = loop.create_task(federation_of(app.settings).recover())  # jobs a previous process left
