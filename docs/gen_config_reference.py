@@ -39,6 +39,35 @@ def _classes():
     return FedhubUp, FederatedSpawner, LocalSiteSpawner
 
 
+def _other_classes():
+    """Configurables outside the spawner path, each with where its settings are read."""
+    from fedhub.hub.deploy.k8s import TritonOnKubernetes
+    from fedhub.hub.deploy.server import InferenceServerApp
+    from fedhub.hub.federation.manager import FederatedJobs
+    from fedhub.hub.identity import _oidc_class
+    from fedhub.server_ext.capture_settings import FedhubCapture
+
+    hub_file = ("Set these as `c.{name}.<name>` in the data dir's `jupyterhub_config.py` "
+                "(or the file given with `--config`).")
+    return [
+        (FederatedJobs, "Federated (Flower) jobs, run by the fedhub API service: SuperLink per job, "
+         "SuperNodes through the sites' backends (see [federated.md](federated.md)).",
+         hub_file.format(name="FederatedJobs") + " `fedhub up` passes them to the API service."),
+        (_oidc_class(), "OIDC login (`fedhub up --authenticator oidc`): oauthenticator's "
+         "GenericOAuthenticator with claims mapped to hub groups (see [identity.md](identity.md)).",
+         "Set these in `identity.yaml` in the data dir (see identity.md), or as "
+         "`c.FedhubOIDCAuthenticator.<name>` in `jupyterhub_config.py`."),
+        (InferenceServerApp, "The embedded Triton-protocol inference server "
+         "(see [inference-server.md](inference-server.md)).",
+         "Pass these on its command line: `python -m fedhub.hub.deploy.server --InferenceServerApp.<name>=<value>`."),
+        (TritonOnKubernetes, "Triton Deployment and KServe InferenceService manifests for Kubernetes "
+         "sites (see [deploy.md](deploy.md)).", hub_file.format(name="TritonOnKubernetes")),
+        (FedhubCapture, "Reproducibility capture inside a session (the server extension).",
+         "Set these in the session's Jupyter server config, e.g. `c.FedhubCapture.auto_capture = False` "
+         "in `jupyter_server_config.py`, or turn automatic capture off with `FEDHUB_AUTO_CAPTURE=0`."),
+    ]
+
+
 # ----------------------------------------------------------------- trait details
 
 
@@ -176,6 +205,7 @@ def render() -> str:
         "- [LocalSiteSpawner](#localsitespawner)",
         "- [SlurmSiteSpawner](#slurmsitespawner)",
         "- [KubeSiteSpawner](#kubesitespawner)",
+        *[f"- [{cls.__name__}](#{cls.__name__.lower()})" for cls, _, _ in _other_classes()],
         "- [Other JupyterHub settings that `fedhub up` makes](#other-jupyterhub-settings-that-fedhub-up-makes)",
         "",
     ]
@@ -266,6 +296,12 @@ def render() -> str:
          "the catalogue's `options` (see [site-operators.md](site-operators.md#kubernetes-sites))."),
     ):
         L += [f"## {cls.__name__}", "", f"{intro} Set these as `c.{cls.__name__}.<name>`.", ""]
+        for name, trait in sorted(cls.class_own_traits(config=True).items()):
+            L += trait_section(cls, name, trait, set_by_up=set_by_up(cls, name))
+
+    # ---- the platform's other configurables: (class, what it is, where it is set)
+    for cls, intro, where in _other_classes():
+        L += [f"## {cls.__name__}", "", intro, "", where, ""]
         for name, trait in sorted(cls.class_own_traits(config=True).items()):
             L += trait_section(cls, name, trait, set_by_up=set_by_up(cls, name))
 

@@ -25,13 +25,15 @@ import threading
 import time
 import uuid
 
-AUTO_CAPTURE_ENV = "FEDHUB_AUTO_CAPTURE"
+from .capture_settings import AUTO_CAPTURE_ENV  # noqa: E402
 FIND_RUN_TIMEOUT = 60.0  # seconds for MLflow to create the run; past that it failed, we give up
 _log = logging.getLogger("fedhub.capture")
 
-try:  # the base class, when mlflow is importable (it is whenever mlflow loads this plugin)
+if "mlflow" in sys.modules:  # mlflow is loading this plugin: subclass its provider base
     from mlflow.tracking.context.abstract_context import RunContextProvider
-except ImportError:  # pragma: no cover - fedhub without mlflow
+else:
+    # imported before mlflow: importing mlflow here would make its plugin registry import
+    # this half-initialised module; the registry only calls in_context() and tags()
     RunContextProvider = object
 
 

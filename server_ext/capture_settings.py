@@ -7,7 +7,9 @@ import os
 from traitlets import Bool
 from traitlets.config import Configurable
 
-from .auto_capture import AUTO_CAPTURE_ENV
+# defined here, not in auto_capture: importing that module imports mlflow, whose plugin
+# registry imports auto_capture again (a circular import when this comes first)
+AUTO_CAPTURE_ENV = "FEDHUB_AUTO_CAPTURE"
 
 
 class FedhubCapture(Configurable):
