@@ -17,7 +17,7 @@ import socket
 import sys
 from pathlib import Path
 
-from traitlets import Bool, Int, List, Unicode, default
+from traitlets import Bool, Float, Int, List, Unicode, default
 from traitlets.config import Application
 
 from .catalogue import DEFAULT_CATALOGUE_YAML, CatalogueError, catalogue_from_dict, read_yaml
@@ -84,12 +84,19 @@ class FedhubUp(Application):
     admin_users = List(Unicode(), config=True, help="User names that are hub admins.")
     start_timeout = Int(600, config=True, help="Seconds one spawn may take, including its wait in the start queue.")
     dry_run = Bool(False, config=True, help="Prepare and validate, print the settings, do not start.")
+    seats = Int(
+        0, config=True,
+        help="Workshop preset: serve a class of this many seats on this machine (a one-site catalogue "
+             "with room for exactly N sessions; seat N+1 is refused). 0: the catalogue decides.")
+    seat_cpus = Float(1.0, config=True, help="Workshop preset: CPUs per seat (with --seats).")
+    seat_memory = Unicode("2G", config=True, help="Workshop preset: memory per seat, e.g. 2G or 512M (with --seats).")
 
     aliases = {
         "ip": "FedhubUp.ip", "port": "FedhubUp.port", "data-dir": "FedhubUp.data_dir",
         "catalogue": "FedhubUp.catalogue_file", "config": "FedhubUp.config_file",
         "authenticator": "FedhubUp.authenticator", "admin": "FedhubUp.admin_users",
         "policy": "FedhubUp.policy_file", "identity": "FedhubUp.identity_file",
+        "seats": "FedhubUp.seats", "seat-cpus": "FedhubUp.seat_cpus", "seat-memory": "FedhubUp.seat_memory",
     }
     flags = {
         "no-mlflow": ({"FedhubUp": {"mlflow": False}}, "Do not run MLflow."),
@@ -112,7 +119,10 @@ class FedhubUp(Application):
         data = Path(self.data_dir).resolve()
         data.mkdir(parents=True, exist_ok=True)
         catalogue = Path(self.catalogue_file).resolve() if self.catalogue_file else data / "sites.yaml"
-        if not self.catalogue_file and not catalogue.exists():
+        if self.seats and not self.catalogue_file:
+            from .workshop import workshop_catalogue
+            catalogue.write_text(workshop_catalogue(self.seats, self.seat_cpus, self.seat_memory))
+        elif not self.catalogue_file and not catalogue.exists():
             catalogue.write_text(DEFAULT_CATALOGUE_YAML)
         cat = catalogue_from_dict(read_yaml(catalogue), catalogue.name)  # raises CatalogueError
         policy = Path(self.policy_file).resolve() if self.policy_file else data / "policy.yaml"
@@ -179,6 +189,9 @@ class FedhubUp(Application):
             what = ("identity settings" if e.source.startswith("identity") or e.path.startswith("oidc")
                     else "policy" if e.source.startswith("policy") else "site catalogue")
             print(f"fedhub up: invalid {what}: {e}", file=sys.stderr)
+            raise SystemExit(2)
+        except ValueError as e:  # WorkshopError: a bad --seats/--seat-cpus/--seat-memory
+            print(f"fedhub up: {e}", file=sys.stderr)
             raise SystemExit(2)
         print(self.banner(settings), flush=True)
         if self.dry_run:
