@@ -90,13 +90,16 @@ class FedhubUp(Application):
              "with room for exactly N sessions; seat N+1 is refused). 0: the catalogue decides.")
     seat_cpus = Float(1.0, config=True, help="Workshop preset: CPUs per seat (with --seats).")
     seat_memory = Unicode("2G", config=True, help="Workshop preset: memory per seat, e.g. 2G or 512M (with --seats).")
+    landing_notebook = Unicode(
+        "", config=True,
+        help="Workshop preset: a notebook copied into each new home on first start (never over a student's copy).")
 
     aliases = {
         "ip": "FedhubUp.ip", "port": "FedhubUp.port", "data-dir": "FedhubUp.data_dir",
         "catalogue": "FedhubUp.catalogue_file", "config": "FedhubUp.config_file",
         "authenticator": "FedhubUp.authenticator", "admin": "FedhubUp.admin_users",
         "policy": "FedhubUp.policy_file", "identity": "FedhubUp.identity_file",
-        "seats": "FedhubUp.seats", "seat-cpus": "FedhubUp.seat_cpus", "seat-memory": "FedhubUp.seat_memory",
+        "landing-notebook": "FedhubUp.landing_notebook", "seats": "FedhubUp.seats", "seat-cpus": "FedhubUp.seat_cpus", "seat-memory": "FedhubUp.seat_memory",
     }
     flags = {
         "no-mlflow": ({"FedhubUp": {"mlflow": False}}, "Do not run MLflow."),
@@ -119,6 +122,8 @@ class FedhubUp(Application):
         data = Path(self.data_dir).resolve()
         data.mkdir(parents=True, exist_ok=True)
         catalogue = Path(self.catalogue_file).resolve() if self.catalogue_file else data / "sites.yaml"
+        if self.landing_notebook and not Path(self.landing_notebook).is_file():
+            raise ValueError(f"--landing-notebook: no such file: {self.landing_notebook}")
         if self.seats and not self.catalogue_file:
             from .workshop import workshop_catalogue
             catalogue.write_text(workshop_catalogue(self.seats, self.seat_cpus, self.seat_memory))
@@ -164,6 +169,7 @@ class FedhubUp(Application):
             "admin_password": secret["admin_password"], "mlflow": self.mlflow, "inference": self.inference,
             "keep_servers": self.keep_servers, "authenticator": self.authenticator,
             "admin_users": list(self.admin_users), "proxy_command": proxy,
+            "landing_notebook": str(Path(self.landing_notebook).resolve()) if self.landing_notebook else "",
             "extra_configs": [str(Path(p).resolve()) for p in extra], "start_timeout": self.start_timeout,
             "policy_file": str(policy) if policy.exists() else "", "oidc": oidc,
         }

@@ -60,6 +60,9 @@ def configure(c, s: dict) -> None:
         c.FederatedSpawner.policy_file = s["policy_file"]
     c.LocalSiteSpawner.home_dir_template = str(data / "homes" / "{username}")
     c.SlurmSiteSpawner.home_dir_template = str(data / "homes" / "{username}")
+    if s.get("landing_notebook"):  # workshop preset: the class's notebook in each new home
+        from .workshop import landing_hook
+        c.Spawner.pre_spawn_hook = landing_hook(s["landing_notebook"], str(data / "homes" / "{username}"))
     c.Spawner.cmd = [str(venv_bin() / "jupyterhub-singleuser")]
     c.Spawner.args = ["--allow-root"] if os.geteuid() == 0 else []
     c.Spawner.default_url = "/lab"

@@ -39,3 +39,24 @@ defaults:
   cpus: {seat_cpus:g}
   memory: {seat_memory}
 """
+
+
+def copy_landing_notebook(notebook: str, home: str) -> bool:
+    """Copy the class's landing notebook into a home that does not have it yet (a student's
+    edited copy is never overwritten); returns whether it copied."""
+    import shutil
+    from pathlib import Path
+    src, dest_dir = Path(notebook), Path(home)
+    dest = dest_dir / src.name
+    if dest.exists():
+        return False
+    dest_dir.mkdir(parents=True, exist_ok=True)
+    shutil.copyfile(src, dest)
+    return True
+
+
+def landing_hook(notebook: str, home_template: str):
+    """A JupyterHub pre_spawn_hook putting the landing notebook in each new (local) home."""
+    def hook(spawner):
+        copy_landing_notebook(notebook, home_template.format(username=spawner.user.name))
+    return hook

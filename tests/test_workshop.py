@@ -34,3 +34,22 @@ def test_seat_n_plus_one_gets_a_clear_message(hub_factory):
         hub.wait_ready(u)
     r = hub.spawn("seat-c")
     assert r.status_code == 409 and "full (2 of 2 sessions)" in r.json()["message"], r.text
+
+
+@pytest.mark.hub
+def test_landing_notebook_in_each_new_home_never_over_a_students_copy(hub_factory, tmp_path):
+    nb = tmp_path / "welcome.ipynb"
+    nb.write_text('{"cells": [], "metadata": {}, "nbformat": 4, "nbformat_minor": 5}')
+    hub = hub_factory(args=("--no-mlflow", "--no-inference", "--seats", "1",
+                            "--landing-notebook", str(nb))).start()
+    hub.create_user("stu")
+    assert hub.spawn("stu").status_code in (201, 202)
+    hub.wait_ready("stu")
+    from pathlib import Path
+    copy = Path(hub.session_env("stu")["HOME"]) / "welcome.ipynb"
+    assert copy.read_text() == nb.read_text()
+    copy.write_text("my edits")
+    hub.stop_server("stu")
+    assert hub.spawn("stu").status_code in (201, 202)
+    hub.wait_ready("stu")
+    assert copy.read_text() == "my edits"
