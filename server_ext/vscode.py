@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import sys
 from pathlib import Path
 
 # ./dev installs code-server into <repository>/vscode and its Node 24 into vscode/node24
@@ -41,9 +42,28 @@ def vscode_command(code_server: str, home: str | Path) -> list[str]:
 
 
 def vscode_environment(env: dict[str, str] | None = None) -> dict[str, str]:
-    """Node 24 first on PATH (code-server's launcher runs ``env node``), then the session's PATH."""
+    """Node 24 first on PATH (code-server's launcher runs ``env node``), then the session's Python
+    environment (the ``fedhub`` CLI lives beside its interpreter), then the session's PATH."""
     env = os.environ if env is None else env
-    return {"PATH": f"{NODE24_BIN}:{env.get('PATH', '')}"}
+    return {"PATH": f"{NODE24_BIN}:{Path(sys.executable).parent}:{env.get('PATH', '')}"}
+
+
+def write_machine_settings(home: str | Path) -> Path:
+    """Terminals: a plain (non-login) bash with the session's Python environment first on PATH.
+    A login shell would re-read /etc/profile, which resets PATH and hides the fedhub CLI.
+    Machine settings sit under the user's own settings, which still win."""
+    import json
+    path = Path(home) / DATA_DIR / "user-data" / "Machine" / "settings.json"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        settings = json.loads(path.read_text())
+    except (FileNotFoundError, ValueError):
+        settings = {}
+    settings["terminal.integrated.profiles.linux"] = {
+        "fedhub": {"path": "bash", "args": [], "env": {"PATH": f"{Path(sys.executable).parent}:${{env:PATH}}"}}}
+    settings["terminal.integrated.defaultProfile.linux"] = "fedhub"
+    path.write_text(json.dumps(settings, indent=1))
+    return path
 
 
 def setup_vscode() -> dict:
@@ -53,6 +73,7 @@ def setup_vscode() -> dict:
     if code_server is None:
         raise RuntimeError("VS Code sessions need code-server: run ./dev setup (installs vscode/), "
                            "or set FEDHUB_CODE_SERVER to a code-server executable")
+    write_machine_settings(home)
     return {
         "command": vscode_command(code_server, home),
         "environment": vscode_environment(),

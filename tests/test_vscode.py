@@ -100,3 +100,40 @@ def test_vscode_session_through_the_hub(hub_factory, tmp_path):
     r = requests.get(f"{base}/api/spec.yaml", headers=headers, timeout=30)  # the JupyterLab side is there too
     assert r.status_code == 200
     hub.stop_server("vs-ann")
+
+
+def test_browser_opens_vscode_with_editor_and_terminal(hub_factory):
+    """Chromium logs in, picks VS Code in the spawn form, and lands in code-server through the
+    hub: the workbench and the Explorer of the home show, and a terminal opens."""
+    from browser_helpers import SHOTS, launch_chromium, log_in
+    from playwright.sync_api import expect, sync_playwright
+
+    hub = hub_factory()
+    cfg = hub.data_dir / "jupyterhub_config.py"
+    cfg.write_text(cfg.read_text() + '\nc.FederatedSpawner.session_types = ["jupyterlab", "vscode"]\n')
+    hub.start()
+    hub.create_user("vs-bea")
+    with sync_playwright() as p:
+        browser = launch_chromium(p)
+        try:
+            page = browser.new_page(viewport={"width": 1280, "height": 800})
+            log_in(page, hub, "vs-bea")
+            page.select_option("#fedhub-session-type", "vscode")
+            page.locator("form input[type=submit], form button[type=submit]").first.click()
+            page.wait_for_url("**/user/vs-bea/vscode/**", timeout=120_000)
+            expect(page.locator(".monaco-workbench")).to_be_visible(timeout=90_000)
+            expect(page.locator(".explorer-folders-view, .explorer-viewlet").first).to_be_visible(timeout=60_000)
+            page.locator(".monaco-workbench").click()
+            page.keyboard.press("Control+Backquote")
+            expect(page.locator(".terminal-wrapper .xterm, .xterm").first).to_be_visible(timeout=60_000)
+            # the terminal runs in the session, with the fedhub CLI on PATH
+            home = Path(hub.session_env("vs-bea")["HOME"])
+            deadline = time.monotonic() + 60
+            while time.monotonic() < deadline and not (home / "cli.txt").exists():
+                page.locator(".xterm").first.click()
+                page.keyboard.type("fedhub --help > ~/cli.tmp 2>&1; mv ~/cli.tmp ~/cli.txt\n")
+                time.sleep(3)
+            assert "usage: fedhub" in (home / "cli.txt").read_text()
+            page.screenshot(path=str(SHOTS / "vscode-session.png"))
+        finally:
+            browser.close()
