@@ -44,6 +44,23 @@ def find_proxy() -> str | None:
     return None
 
 
+def check_database_urls(urls: dict[str, str]) -> None:
+    """A database URL names the server, never its password: settings land in files."""
+    from urllib.parse import urlsplit
+    for option, url in urls.items():
+        if url and urlsplit(url).password:
+            raise ValueError(f"{option}: the URL holds a password; give it without one and set "
+                             "$PGPASSWORD (or ~/.pgpass) in the environment instead")
+
+
+def sqlalchemy_url(url: str) -> str:
+    """postgresql:// means psycopg (v3) to SQLAlchemy 2.1; fedhub ships psycopg2 ([hub] extra)."""
+    for scheme in ("postgresql://", "postgres://"):
+        if url.startswith(scheme):
+            return "postgresql+psycopg2://" + url[len(scheme):]
+    return url
+
+
 class FedhubUp(Application):
     name = "fedhub up"
     description = __doc__
@@ -93,6 +110,19 @@ class FedhubUp(Application):
     landing_notebook = Unicode(
         "", config=True,
         help="Workshop preset: a notebook copied into each new home on first start (never over a student's copy).")
+    db_url = Unicode(
+        "", config=True,
+        help="JupyterHub's database, e.g. postgresql://hub@db.example:5432/jupyterhub (without password: "
+             "libpq reads it from $PGPASSWORD or ~/.pgpass). Default: SQLite in the data dir.")
+    mlflow_db_url = Unicode(
+        "", config=True,
+        help="MLflow's backend store (runs, metrics), e.g. postgresql://mlflow@db.example:5432/mlflow "
+             "(without password, as --db-url). Default: SQLite in the data dir.")
+    artifacts_uri = Unicode(
+        "", config=True,
+        help="Where MLflow keeps artifacts, e.g. s3://bucket/prefix (credentials from $AWS_ACCESS_KEY_ID, "
+             "$AWS_SECRET_ACCESS_KEY, and $MLFLOW_S3_ENDPOINT_URL for an S3-compatible store). "
+             "Default: a folder in the data dir.")
 
     aliases = {
         "ip": "FedhubUp.ip", "port": "FedhubUp.port", "data-dir": "FedhubUp.data_dir",
@@ -100,6 +130,8 @@ class FedhubUp(Application):
         "authenticator": "FedhubUp.authenticator", "admin": "FedhubUp.admin_users",
         "policy": "FedhubUp.policy_file", "identity": "FedhubUp.identity_file",
         "landing-notebook": "FedhubUp.landing_notebook", "seats": "FedhubUp.seats", "seat-cpus": "FedhubUp.seat_cpus", "seat-memory": "FedhubUp.seat_memory",
+        "db-url": "FedhubUp.db_url", "mlflow-db-url": "FedhubUp.mlflow_db_url",
+        "artifacts-uri": "FedhubUp.artifacts_uri",
     }
     flags = {
         "no-mlflow": ({"FedhubUp": {"mlflow": False}}, "Do not run MLflow."),
@@ -129,6 +161,7 @@ class FedhubUp(Application):
             catalogue.write_text(workshop_catalogue(self.seats, self.seat_cpus, self.seat_memory))
         elif not self.catalogue_file and not catalogue.exists():
             catalogue.write_text(DEFAULT_CATALOGUE_YAML)
+        check_database_urls({"--db-url": self.db_url, "--mlflow-db-url": self.mlflow_db_url})
         cat = catalogue_from_dict(read_yaml(catalogue), catalogue.name)  # raises CatalogueError
         policy = Path(self.policy_file).resolve() if self.policy_file else data / "policy.yaml"
         if self.policy_file or policy.exists():
@@ -172,6 +205,7 @@ class FedhubUp(Application):
             "landing_notebook": str(Path(self.landing_notebook).resolve()) if self.landing_notebook else "",
             "extra_configs": [str(Path(p).resolve()) for p in extra], "start_timeout": self.start_timeout,
             "policy_file": str(policy) if policy.exists() else "", "oidc": oidc,
+            "db_url": sqlalchemy_url(self.db_url), "mlflow_db_url": sqlalchemy_url(self.mlflow_db_url), "artifacts_uri": self.artifacts_uri,
         }
         (data / "fedhub-up.json").write_text(json.dumps(settings, indent=1))
         (data / "fedhub-up.json").chmod(0o600)

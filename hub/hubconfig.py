@@ -26,6 +26,10 @@ FEDHUB_SCOPES = {
 }
 
 
+MLFLOW_STORE_ENV = ("PGPASSWORD", "PGPASSFILE", "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY",
+                    "AWS_SESSION_TOKEN", "AWS_DEFAULT_REGION", "MLFLOW_S3_ENDPOINT_URL")
+
+
 def venv_bin() -> Path:
     return Path(sys.executable).parent
 
@@ -37,7 +41,8 @@ def configure(c, s: dict) -> None:
     c.JupyterHub.port = s["port"]
     c.JupyterHub.hub_ip = "127.0.0.1"
     c.JupyterHub.hub_port = ports["hub"]
-    c.JupyterHub.db_url = f"sqlite:///{data / 'jupyterhub.sqlite'}"
+    # PostgreSQL (docs/production.md) or the embedded SQLite; a password comes from $PGPASSWORD
+    c.JupyterHub.db_url = s.get("db_url") or f"sqlite:///{data / 'jupyterhub.sqlite'}"
     c.JupyterHub.cookie_secret_file = str(data / "jupyterhub_cookie_secret")
     c.JupyterHub.pid_file = str(data / "jupyterhub.pid")
     c.JupyterHub.cleanup_servers = not s.get("keep_servers", False)
@@ -108,9 +113,14 @@ def configure(c, s: dict) -> None:
             "name": "mlflow",
             "url": f"http://127.0.0.1:{ports['mlflow']}",
             "command": [python, "-m", "fedhub.hub.tracking", "--port", str(ports["mlflow"]),
-                        "--mlflow-port", str(ports["mlflow_internal"]), "--data-dir", str(data / "mlflow")],
+                        "--mlflow-port", str(ports["mlflow_internal"]), "--data-dir", str(data / "mlflow"),
+                        "--backend-store-uri", s.get("mlflow_db_url", ""),
+                        "--artifacts-destination", s.get("artifacts_uri", "")],
             "oauth_no_confirm": True,
             "display": True,
+            # services only inherit a few variables: pass the database and S3 credentials on
+            # from the hub's environment (never written to a file)
+            "environment": {k: os.environ[k] for k in MLFLOW_STORE_ENV if k in os.environ},
         })
         # the MLflow gate checks that a hub group exists before sharing an experiment with it
         c.JupyterHub.load_roles.append({"name": "fedhub-mlflow-gate", "services": ["mlflow"],
