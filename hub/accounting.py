@@ -119,9 +119,11 @@ class UsageRecorder:
                     self.book.open(iv)
                     self._open[subject] = iv
                     written += 1
+            # the federation stamps each release; older hubs only say when the snapshot was written
+            ended = {subject_of(r): float(r["ended"]) for r in snap.get("released", []) if "ended" in r}
             ended_at = float(snap.get("updated") or time.time())
             for subject in [k for k in self._open if k not in live]:
-                self.book.close(subject, ended_at)
+                self.book.close(subject, ended.get(subject, ended_at))
                 del self._open[subject]
                 written += 1
         except OSError as e:  # a full disk must not stop the API service

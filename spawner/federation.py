@@ -79,6 +79,8 @@ class Federation:
                                      show_got=e.got is not None)
         # (user, server name) -> (allocation, info for the API)
         self.sessions: dict[tuple[str, str], tuple[Allocation, dict]] = {}
+        # recent releases with their exact time, for usage accounting (hub/accounting.py)
+        self.released: list[dict] = []
         self.write_snapshot()
         self.start_watching()
 
@@ -151,6 +153,8 @@ class Federation:
         entry = self.sessions.pop(key, None)
         if entry is not None:
             alloc = entry[0]
+            self.released = [*self.released[-199:], {"user": key[0], "server_name": key[1],
+                                                     "since": entry[1].get("since"), "ended": time.time()}]
             if alloc.site in self.backends:
                 self.backends[alloc.site].note_settled(alloc)
                 self.inventory(alloc.site).release(alloc)
@@ -163,7 +167,7 @@ class Federation:
         for (user, server), (alloc, info) in self.sessions.items():
             sessions.append({"user": user, "server_name": server, **alloc.to_dict(), **info})
         return {"updated": time.time(), "sites": [inv.to_dict() for inv in self.inventories],
-                "sessions": sessions}
+                "sessions": sessions, "released": self.released}
 
     def write_snapshot(self) -> None:
         """Atomically replace the snapshot the fedhub API service serves."""

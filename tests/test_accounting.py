@@ -44,11 +44,12 @@ def test_recorder_persists_intervals_and_ends_them_at_release(tmp_path):
             "status": "running"}
     store.data = {"updated": 11.0, "sessions": [sess]}
     assert UsageRecorder(store, book).poll() == 1
-    store.data = {"updated": 70.0, "sessions": []}
+    store.data = {"updated": 70.0, "sessions": [],  # later writes do not move the end: the release's stamp
+                  "released": [{"user": "ann", "server_name": "", "since": 10.0, "ended": 64.5}]}
     rec = UsageRecorder(store, book)  # a restarted service picks up the open interval from disk
     assert rec.poll() == 1 and rec.poll() == 0
     [got] = book.intervals()
-    assert (got.start, got.end, got.cpus, got.gpus) == (10.0, 70.0, 2.0, 1)
+    assert (got.start, got.end, got.cpus, got.gpus) == (10.0, 64.5, 2.0, 1)
     with book.path.open("a") as f:
         f.write('{"event": "st')  # a torn line is ignored
     assert len(book.intervals()) == 1
