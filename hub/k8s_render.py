@@ -21,6 +21,8 @@ from .catalogue import CatalogueError, catalogue_from_dict, read_yaml
 CONFIG_DIR = "/etc/fedhub/config"        # catalogue + policy (ConfigMap)
 SITE_SECRETS_DIR = "/etc/fedhub/sites"   # one folder per site (Secret fedhub-site-<name>)
 STATE_DIR = "/srv/fedhub/state"          # fedhub's jobs, deployments, ledger (PVC): not yet in SQL
+FEDHUB_API_PORT = 10101                  # the fedhub API service, in the hub pod
+HUB_ACCESS_LABEL = "hub.jupyter.org/network-access-hub"
 DB_SECRET = "fedhub-db"
 S3_SECRET = "fedhub-s3"
 # site option -> key of the site's Secret that replaces the file named by the option
@@ -125,7 +127,8 @@ def mlflow_deployment(s: RenderSettings) -> dict:
     return {"apiVersion": "apps/v1", "kind": "Deployment",
             "metadata": {"name": "fedhub-mlflow", "namespace": s.namespace, "labels": _labels("mlflow")},
             "spec": {"replicas": 1, "selector": {"matchLabels": _labels("mlflow")},
-                     "template": {"metadata": {"labels": _labels("mlflow")},
+                     # z2jh's hub NetworkPolicy lets pods with this label reach the hub API
+                     "template": {"metadata": {"labels": {**_labels("mlflow"), HUB_ACCESS_LABEL: "true"}},
                                   "spec": {"containers": [container],
                                            # the gate's auth ini and secret; runs are in PostgreSQL
                                            "volumes": [{"name": "mlflow-data", "emptyDir": {}}]}}}}
@@ -177,12 +180,17 @@ def hub_values(s: RenderSettings, site_secrets: dict[str, list[str]], has_policy
         "extraVolumes": volumes,
         "extraVolumeMounts": mounts,
         "services": {
-            "fedhub": {"url": "http://hub:10101", "command": [
-                "python", "-m", "fedhub.hub.service.app", "--port", "10101", "--ip", "0.0.0.0",
+            "fedhub": {"url": f"http://hub:{FEDHUB_API_PORT}", "command": [
+                "python", "-m", "fedhub.hub.service.app", "--port", str(FEDHUB_API_PORT), "--ip", "0.0.0.0",
                 "--state-dir", STATE_DIR], "environment": service_env,
                 "oauth_no_confirm": True, "display": True},
             "mlflow": {"url": "http://fedhub-mlflow:5000", "oauth_no_confirm": True, "display": True},
         },
+        # the proxy reaches the fedhub API in the hub pod through the hub Service
+        "service": {"extraPorts": [{"name": "fedhub-api", "port": FEDHUB_API_PORT,
+                                    "targetPort": FEDHUB_API_PORT}]},
+        "networkPolicy": {"ingress": [{"ports": [{"port": FEDHUB_API_PORT}], "from": [
+            {"podSelector": {"matchLabels": {"app": "jupyterhub", "component": "proxy"}}}]}]},
         "extraConfig": {"fedhub": EXTRA_CONFIG.format(config=CONFIG_DIR, state=STATE_DIR, policy=policy)},
     }}
 

@@ -80,6 +80,15 @@ def test_the_values_pod_parts_validate_as_a_pod(files):
         "containers": [{"name": "hub", "image": f"{hub['image']['name']}:{hub['image']['tag']}",
                         "env": hub["extraEnv"], "volumeMounts": hub["extraVolumeMounts"]}],
         "volumes": hub["extraVolumes"]}})
+    # ...and hub.service.extraPorts / hub.networkPolicy.ingress into the hub Service and NetworkPolicy
+    validate({"apiVersion": "v1", "kind": "Service", "metadata": {"name": "hub"},
+              "spec": {"selector": {"component": "hub"}, "ports": hub["service"]["extraPorts"]}})
+    validate({"apiVersion": "networking.k8s.io/v1", "kind": "NetworkPolicy", "metadata": {"name": "hub"},
+              "spec": {"podSelector": {}, "ingress": hub["networkPolicy"]["ingress"]}})
+    # the fedhub service's URL is the port the Service and the policy open
+    port = hub["service"]["extraPorts"][0]["port"]
+    assert hub["services"]["fedhub"]["url"] == f"http://hub:{port}"
+    assert hub["networkPolicy"]["ingress"][0]["ports"] == [{"port": port}]
 
 
 @pytest.mark.parametrize("path,typo", [
@@ -136,6 +145,8 @@ def test_mlflow_uses_postgres_and_s3_with_credentials_from_secrets(files):
     cmd = container["command"]
     assert cmd[cmd.index("--backend-store-uri") + 1] == RenderSettings.mlflow_db_url
     assert cmd[cmd.index("--artifacts-destination") + 1] == "s3://fedhub-mlflow/artifacts"
+    labels = files["deployment-fedhub-mlflow.yaml"]["spec"]["template"]["metadata"]["labels"]
+    assert labels["hub.jupyter.org/network-access-hub"] == "true"  # z2jh's hub NetworkPolicy admits it
     env = {e["name"]: e for e in container["env"]}
     for name in ("PGPASSWORD", "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "JUPYTERHUB_API_TOKEN"):
         assert "value" not in env[name] and "secretKeyRef" in env[name]["valueFrom"], name
