@@ -107,6 +107,10 @@ class FedhubUp(Application):
              "with room for exactly N sessions; seat N+1 is refused). 0: the catalogue decides.")
     seat_cpus = Float(1.0, config=True, help="Workshop preset: CPUs per seat (with --seats).")
     seat_memory = Unicode("2G", config=True, help="Workshop preset: memory per seat, e.g. 2G or 512M (with --seats).")
+    cull_idle = Int(
+        0, config=True,
+        help="Stop sessions idle this many seconds: no busy kernel, no process running in a terminal, "
+             "no GPU in use, no activity the hub saw. Files are kept. 0: never cull.")
     landing_notebook = Unicode(
         "", config=True,
         help="Workshop preset: a notebook copied into each new home on first start (never over a student's copy).")
@@ -130,6 +134,7 @@ class FedhubUp(Application):
         "authenticator": "FedhubUp.authenticator", "admin": "FedhubUp.admin_users",
         "policy": "FedhubUp.policy_file", "identity": "FedhubUp.identity_file",
         "landing-notebook": "FedhubUp.landing_notebook", "seats": "FedhubUp.seats", "seat-cpus": "FedhubUp.seat_cpus", "seat-memory": "FedhubUp.seat_memory",
+        "cull-idle": "FedhubUp.cull_idle",
         "db-url": "FedhubUp.db_url", "mlflow-db-url": "FedhubUp.mlflow_db_url",
         "artifacts-uri": "FedhubUp.artifacts_uri",
     }
@@ -154,6 +159,8 @@ class FedhubUp(Application):
         data = Path(self.data_dir).resolve()
         data.mkdir(parents=True, exist_ok=True)
         catalogue = Path(self.catalogue_file).resolve() if self.catalogue_file else data / "sites.yaml"
+        if self.cull_idle < 0:
+            raise ValueError(f"--cull-idle: expected seconds >= 0 (0: never cull), got {self.cull_idle}")
         if self.landing_notebook and not Path(self.landing_notebook).is_file():
             raise ValueError(f"--landing-notebook: no such file: {self.landing_notebook}")
         if self.seats and not self.catalogue_file:
@@ -203,6 +210,7 @@ class FedhubUp(Application):
             "keep_servers": self.keep_servers, "authenticator": self.authenticator,
             "admin_users": list(self.admin_users), "proxy_command": proxy,
             "landing_notebook": str(Path(self.landing_notebook).resolve()) if self.landing_notebook else "",
+            "cull_idle": self.cull_idle,
             "extra_configs": [str(Path(p).resolve()) for p in extra], "start_timeout": self.start_timeout,
             "policy_file": str(policy) if policy.exists() else "", "oidc": oidc,
             "db_url": sqlalchemy_url(self.db_url), "mlflow_db_url": sqlalchemy_url(self.mlflow_db_url), "artifacts_uri": self.artifacts_uri,

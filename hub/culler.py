@@ -138,3 +138,44 @@ def cull_once(hub_url: str, token: str, idle_timeout: float, probe: GpuProbe | N
                     f"/hub/api/users/{user['name']}/server"
                 requests.delete(f"{hub_url}{path}", headers=headers, timeout=60)
     return decisions
+
+
+class PeriodicCuller:
+    """The culler as the fedhub API service runs it: `cull_once` in a worker thread (it
+    blocks on HTTP), every quarter of the idle timeout, never two passes at once."""
+
+    def __init__(self, hub_url: str, token: str, idle_timeout: float, log=None, probe: GpuProbe | None = None):
+        self.hub_url, self.token, self.idle_timeout = hub_url.rstrip("/"), token, idle_timeout
+        self.interval = max(5.0, idle_timeout / 4)
+        self.log, self.probe = log, probe
+        self._running = False
+        self.culled: list[str] = []
+
+    async def tick(self) -> None:
+        import asyncio
+        if self._running:
+            return
+        self._running = True
+        try:
+            decisions = await asyncio.get_running_loop().run_in_executor(
+                None, lambda: cull_once(self.hub_url, self.token, self.idle_timeout, self.probe, log=self.log))
+            for key, d in decisions.items():
+                if d.cull:
+                    self.culled.append(key)
+                    if self.log:
+                        self.log.info("culler: stopped %s (%s)", key, d.reason)
+        except Exception as e:  # a failed pass is retried next time; it never stops the service
+            if self.log:
+                self.log.warning("culler: pass failed: %s", e)
+        finally:
+            self._running = False
+
+
+def culler_from_env(environ, log=None) -> PeriodicCuller | None:
+    """The culler `fedhub up --cull-idle N` asks for ($FEDHUB_CULLER), or None."""
+    import json
+    raw = environ.get("FEDHUB_CULLER")
+    if not raw:
+        return None
+    conf = json.loads(raw)
+    return PeriodicCuller(conf["hub_url"], environ["JUPYTERHUB_API_TOKEN"], float(conf["idle_timeout"]), log)

@@ -15,11 +15,11 @@ from pathlib import Path
 FEDHUB_SCOPES = {
     "custom:fedhub:sites:read": {"description": "See the federation's sites and their live free capacity."},
     "custom:fedhub:sessions:read": {"description": "See your own sessions and where they run."},
+    "custom:fedhub:provenance:read": {"description": "See and verify your own provenance records."},
+    "custom:fedhub:provenance:write": {"description": "Record your runs in the provenance ledger."},
     "custom:fedhub:deployments:read": {"description": "See your own model deployments, their status and endpoints."},
     "custom:fedhub:deploy": {"description": "Deploy, undeploy and roll back your models; register edge devices."},
     "custom:fedhub:edge:device": {"description": "An edge device: fetch its group's bundle and report its status."},
-    "custom:fedhub:provenance:read": {"description": "See and verify your own provenance records."},
-    "custom:fedhub:provenance:write": {"description": "Record your runs in the provenance ledger."},
     "custom:fedhub:jobs:read": {"description": "See your own federated jobs, their rounds, metrics and logs."},
     "custom:fedhub:federate": {"description": "Launch and cancel federated (Flower) jobs on the sites you may use."},
     "custom:fedhub:datasets:read": {"description": "See the datasets you may use, their self-descriptions and usage policies."},
@@ -138,6 +138,12 @@ def configure(c, s: dict) -> None:
             "oauth_no_confirm": True,
         })
     services[0].setdefault("environment", {})["FEDHUB_FEDERATION_SETTINGS"] = json.dumps(federation_settings(s))
+    if s.get("cull_idle"):
+        # the culler runs in the API service: it lists ready servers and asks each what runs in it
+        services[0]["environment"]["FEDHUB_CULLER"] = json.dumps(
+            {"idle_timeout": s["cull_idle"], "hub_url": deploy_settings(s)["public_url"]})
+        service_role = next(r for r in c.JupyterHub.load_roles if r["name"] == "fedhub-service")
+        service_role["scopes"] += ["list:users", "read:users", "admin:server_state", "access:servers"]
     c.JupyterHub.services = services
 
 

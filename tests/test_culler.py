@@ -73,15 +73,7 @@ def test_culler_spares_busy_kernel_and_terminal_and_culls_the_idle(hub_factory):
     (home / "keep.txt").write_text("mine")
 
     async def drive():
-        h = {"Authorization": f"token {toks['cull-kern']}"}
-        base = f"{hub.url}/user/cull-kern/"
-        kid = requests.post(f"{base}api/kernels", headers=h, json={}, timeout=60).json()["id"]
-        kws = await websocket_connect(HTTPRequest(base.replace("http", "ws", 1) + f"api/kernels/{kid}/channels",
-                                                  headers=h))
-        kws.write_message(json.dumps({
-            "header": {"msg_id": "x1", "username": "", "session": "s", "msg_type": "execute_request",
-                       "version": "5.3"}, "parent_header": {}, "metadata": {}, "channel": "shell",
-            "content": {"code": "import time; time.sleep(120)", "silent": False}}))
+        kws = await busy_kernel(hub, "cull-kern", toks["cull-kern"])
         h2 = {"Authorization": f"token {toks['cull-term']}"}
         base2 = f"{hub.url}/user/cull-term/"
         name = requests.post(f"{base2}api/terminals", headers=h2, timeout=60).json()["name"]
@@ -117,3 +109,56 @@ def test_culler_spares_busy_kernel_and_terminal_and_culls_the_idle(hub_factory):
     assert hub.server("cull-idle") is None
     assert hub.server("cull-kern")["ready"] and hub.server("cull-term")["ready"]
     assert (home / "keep.txt").read_text() == "mine"  # culling loses no files
+
+
+async def busy_kernel(hub, user: str, token: str):
+    """Start a kernel in the user's session running a 2-minute cell; returns its websocket."""
+    import json
+
+    import requests
+    from tornado.httpclient import HTTPRequest
+    from tornado.websocket import websocket_connect
+
+    h = {"Authorization": f"token {token}"}
+    base = f"{hub.url}/user/{user}/"
+    kid = requests.post(f"{base}api/kernels", headers=h, json={}, timeout=60).json()["id"]
+    kws = await websocket_connect(HTTPRequest(base.replace("http", "ws", 1) + f"api/kernels/{kid}/channels",
+                                              headers=h))
+    kws.write_message(json.dumps({
+        "header": {"msg_id": "x1", "username": "", "session": "s", "msg_type": "execute_request",
+                   "version": "5.3"}, "parent_header": {}, "metadata": {}, "channel": "shell",
+        "content": {"code": "import time; time.sleep(120)", "silent": False}}))
+    return kws
+
+
+def test_fedhub_up_cull_idle_runs_the_culler_in_the_api_service(hub_factory):
+    """`fedhub up --cull-idle 8`: the API service culls on its own, with its own token: the
+    idle session is stopped within a few passes, the one with a busy kernel keeps running."""
+    import asyncio
+    import time
+
+    hub = hub_factory(args=("--no-mlflow", "--no-inference", "--cull-idle", "8")).start()
+    toks = {u: hub.create_user(u) for u in ("svc-busy", "svc-idle")}
+    for u in toks:
+        assert hub.spawn(u).status_code in (201, 202)
+    for u in toks:
+        hub.wait_ready(u)
+    loop = asyncio.new_event_loop()
+    kws = loop.run_until_complete(busy_kernel(hub, "svc-busy", toks["svc-busy"]))
+    try:
+        deadline = time.monotonic() + 90
+        while hub.server("svc-idle") is not None and time.monotonic() < deadline:
+            loop.run_until_complete(asyncio.sleep(0.5))  # keep the kernel's websocket served
+        assert hub.server("svc-idle") is None, hub.log_tail()
+        assert hub.server("svc-busy")["ready"]
+    finally:
+        kws.close()
+        loop.close()
+
+
+def test_fedhub_up_refuses_a_negative_cull_idle(tmp_path):
+    import subprocess
+    import sys
+    out = subprocess.run([sys.executable, "-m", "fedhub.server_ext.cli", "up", "--dry-run", "--cull-idle", "-5",
+                          "--data-dir", str(tmp_path)], capture_output=True, text=True, timeout=120)
+    assert out.returncode != 0 and "--cull-idle: expected seconds >= 0" in out.stderr + out.stdout

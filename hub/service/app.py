@@ -37,6 +37,7 @@ from .usage import ROUTES as USAGE_ROUTES
 from .usage import book_of
 from ..accounting import UsageRecorder
 from .expiry import ROUTES as EXPIRY_ROUTES
+from ..culler import culler_from_env
 from ..expiry import ExpiryWatcher
 
 API_VERSION = "0.1.0"
@@ -130,6 +131,10 @@ async def _serve(app: web.Application, ip: str, port: int) -> None:
     expiry_watch = PeriodicCallback(lambda: expiry.poll(time.time()), 1000)
     expiry_watch.start()
     sessions_watch.start()
+    culler = culler_from_env(os.environ, app_log)  # fedhub up --cull-idle N
+    if culler is not None:
+        cull_watch = PeriodicCallback(lambda: loop.create_task(culler.tick()), culler.interval * 1000)
+        cull_watch.start()
     reconcile = loop.create_task(manager_of(app.settings).reconcile())  # deployments after a restart
     recover = loop.create_task(federation_of(app.settings).recover())  # jobs a previous process left
     await stop.wait()
