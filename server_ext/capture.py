@@ -366,6 +366,10 @@ def _finish(client, cap: Capture, staging: Path, proc, inputs: list[tuple[str, P
     except Exception as e:
         cap._problem("upload", e)
         return
+    try:
+        record_run_provenance(client, cap.run_id, staging, records)
+    except Exception as e:  # the ledger never breaks a run; the capture notes what failed
+        cap._problem("provenance", e)
     if proc is None:
         return
     try:
@@ -382,6 +386,26 @@ def _finish(client, cap: Capture, staging: Path, proc, inputs: list[tuple[str, P
         cap._problem("nbconvert", e)
     except Exception as e:
         cap._problem("nbconvert", e)
+
+
+def record_run_provenance(client, run_id: str, staging: Path, inputs: list[dict]) -> dict | None:
+    """Under a hub, append the run's signed provenance record (code, environment, inputs,
+    site, hardware: the capture's tags and the checksums of what it stored)."""
+    from .client import session_context
+
+    ctx = session_context()
+    if ctx.mode != "hub":
+        return None
+    import requests
+
+    tags = {k: v for k, v in client.get_run(run_id).data.tags.items() if k.startswith("fedhub.")}
+    files = {f.name: sha256_file(f) for f in sorted(staging.iterdir()) if f.is_file()}
+    body = {"tags": tags, "captured_files_sha256": files,
+            "inputs": [{k: i.get(k) for k in ("path", "sha256", "size")} for i in inputs]}
+    r = requests.post(f"{ctx.fedhub_api}/provenance", headers={"Authorization": f"token {ctx.token}"},
+                      json={"subject": run_id, "body": body}, timeout=30)
+    r.raise_for_status()
+    return r.json()
 
 
 @atexit.register

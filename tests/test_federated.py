@@ -387,6 +387,13 @@ def test_cli_launch_follow_on_two_local_sites_and_slurm_three_rounds_into_mlflow
                      headers={"Authorization": f"Bearer {other}"}, timeout=30)
     assert r.status_code == 403, r.text
 
+    # a signed provenance record of the job, visible to its owner only
+    recs = hub.fedhub_api(f"/provenance?kind=job&subject={job_id}", token).json()["records"]
+    assert len(recs) == 1 and recs[0]["who"] == "ann" and recs[0]["body"]["state"] == "succeeded"
+    assert recs[0]["body"]["mlflow_run_id"] == j["mlflow_run_id"] and len(recs[0]["body"]["code_sha256"]) == 64
+    assert hub.fedhub_api(f"/provenance?kind=job&subject={job_id}", other).json()["records"] == []
+    assert hub.fedhub_api("/provenance/verify", token).json()["ok"]
+
     # the CLI lists it and shows its status
     ls = subprocess.run([sys.executable, "-m", "fedhub.server_ext.cli", "fl", "ls"], env=env,
                         capture_output=True, text=True, timeout=60)

@@ -190,6 +190,22 @@ class FederatedJobs(LoggingConfigurable):
     def finished(self, job: Job) -> None:
         self.runners.pop(job.id, None)
         self.store.save(job)
+        self.record_provenance(job)
+
+    def record_provenance(self, job: Job) -> None:
+        """A signed ledger record of the finished job: who, which code, where, the outcome."""
+        from fedhub.hub.ledger import Ledger
+        try:
+            Ledger(self.store.root.parent).append("job", job.id, job.owner, {
+                "app": job.app_display, "code_sha256": _tree_sha256(job.app), "sites": job.sites,
+                "site_kinds": {s: st.get("kind", "") for s, st in job.site_status.items()},
+                "rounds": job.rounds, "strategy": job.strategy, "compression": job.compression,
+                "run_config": job.run_config, "state": job.state, "error": job.error[:500],
+                "last_round": job.round_metrics[-1] if job.round_metrics else None, "bytes": job.bytes,
+                "flower_run_id": job.flower_run_id, "mlflow_run_id": job.mlflow_run_id,
+                "started": job.started, "finished": job.finished})
+        except Exception as e:  # the ledger never fails a job; `provenance verify` shows what is there
+            self.log.warning("federated job %s: no provenance record: %s", job.id, e)
 
     # ---------------------------------------------------------------- restarts
     async def recover(self) -> None:
@@ -224,6 +240,7 @@ class FederatedJobs(LoggingConfigurable):
             self.store.drop_secret(job.id)
             self.emit(job, {"time": time.time(), "type": "state", "state": "failed",
                             "message": f"Job failed: {job.error}"})
+            self.record_provenance(job)
 
     async def shutdown(self, timeout: float = 30) -> None:
         """The service is stopping: end every running job and stop what it started."""
@@ -245,3 +262,22 @@ def _is_flower(pid) -> bool:
             return b"flower-super" in f.read()
     except OSError:
         return False
+
+
+def _tree_sha256(root: str, limit: int = 2000) -> str:
+    """One checksum of an app folder's files (names and contents), hidden folders skipped."""
+    import hashlib
+    h = hashlib.sha256()
+    base = Path(root)
+    try:
+        files = sorted(p for p in base.rglob("*") if p.is_file()
+                       and not any(part.startswith(".") or part == "__pycache__" for part in p.relative_to(base).parts))
+    except OSError:
+        return ""
+    for path in files[:limit]:
+        h.update(str(path.relative_to(base)).encode() + b"\0")
+        try:
+            h.update(hashlib.sha256(path.read_bytes()).digest())
+        except OSError:
+            continue
+    return h.hexdigest()
