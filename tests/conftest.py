@@ -197,3 +197,16 @@ def capture_tracking(capture_project, monkeypatch):
     mlflow.set_tracking_uri(capture_project.tracking_uri)
     yield capture_project.tracking_uri
     mlflow.set_tracking_uri(None)
+
+
+@pytest.fixture(autouse=True)
+def _forget_mlflow_globals():
+    """Tests share worker processes: a tracking URI or active experiment one test set through
+    mlflow's globals must not leak into the next (which reads $MLFLOW_TRACKING_URI)."""
+    yield
+    mlflow = sys.modules.get("mlflow")
+    if mlflow is not None:
+        mlflow.set_tracking_uri(None)
+        fluent = sys.modules.get("mlflow.tracking.fluent")
+        if fluent is not None and hasattr(fluent, "_active_experiment_id"):
+            fluent._active_experiment_id = None

@@ -20,6 +20,9 @@ def tracking_uri(tmp_path, monkeypatch):
     monkeypatch.setenv("FEDHUB_GPU_TYPE", "a100")
     monkeypatch.setenv("FEDHUB_GPUS", "1")
     monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "0")
+    # the runs logged here stand for uncaptured ones; the server extension, which runs in this
+    # test process, would otherwise switch automatic capture on for the whole process
+    monkeypatch.setenv("FEDHUB_AUTO_CAPTURE", "0")
     return uri
 
 
@@ -41,7 +44,8 @@ def runs(tracking_uri):
             for step in range(3):
                 mlflow.log_metric("acc", 0.5 + 0.05 * i + 0.01 * step, step=step)
             ids.append(run.info.run_id)
-    return exp.experiment_id, ids
+    yield exp.experiment_id, ids
+    mlflow.set_tracking_uri(None)  # back to $MLFLOW_TRACKING_URI for the next test in this process
 
 
 class API:

@@ -134,6 +134,11 @@ def test_plain_start_run_in_a_notebook_is_captured_automatically_and_reproduces(
     off_tags = _mlflow(hub, token, f"runs/get?run_id={RUN_ID.findall(off['stdout'])[-1]}")["run"]["data"]["tags"]
     assert not [t["key"] for t in off_tags if t["key"].startswith("fedhub.")]
     assert requests.get(f"{server}fedhub/api/runs/{run_id}", headers=headers).json()["reproducible"] is True
+    # the capture left a signed provenance record of the run, with what it captured
+    recs = hub.fedhub_api(f"/provenance?kind=run&subject={run_id}", token).json()["records"]
+    assert len(recs) == 1 and recs[0]["who"] == "nina", recs
+    assert recs[0]["body"]["tags"]["fedhub.capture.mode"] == "auto"
+    assert len(recs[0]["body"]["captured_files_sha256"]["notebook.ipynb"]) == 64
 
     # `fedhub reproduce` re-executes the captured notebook and finds the same metric
     out = subprocess.run([sys.executable, "-m", "fedhub.server_ext.cli", "--hub", hub.url, "--token", token,
@@ -173,7 +178,11 @@ def test_experiments_panel_shares_through_the_session_api(hub):
 
 
 def test_experiments_widget_shares_too(hub, monkeypatch):
+    import mlflow
+
     from fedhub.server_ext.widgets import ExperimentsWidget
+
+    mlflow.set_tracking_uri(None)  # a URI another test set in this process would win over the env
 
     token = hub.create_user("wanda")
     _wait_for_mlflow(hub, token)
