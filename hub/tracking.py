@@ -28,6 +28,7 @@ from tornado import httpclient, web
 
 from .tracking_auth import ADMIN_HEADER, SECRET_ENV, SECRET_HEADER, USER_HEADER
 from .tracking_share import MLFLOW_ADMIN, GroupShares, MlflowUnavailable, ShareError, share_routes
+from .processes import stop_process_group
 
 HOP_BY_HOP = {"connection", "keep-alive", "proxy-authenticate", "proxy-authorization", "te",
               "trailers", "transfer-encoding", "upgrade", "host", "content-length",
@@ -173,19 +174,7 @@ def main(argv=None):
     try:
         asyncio.run(_serve(make_gate(prefix, mlflow_url, gate_secret, shares), args.port, mlflow))
     finally:
-        _stop_group(mlflow)
-
-
-def _stop_group(proc: subprocess.Popen) -> None:
-    """Stop mlflow's whole process group (uvicorn forks workers)."""
-    for sig, wait in ((signal.SIGTERM, 10), (signal.SIGKILL, 5)):
-        if proc.poll() is not None:
-            return
-        try:
-            os.killpg(proc.pid, sig)
-            proc.wait(wait)
-        except (ProcessLookupError, subprocess.TimeoutExpired):
-            pass
+        stop_process_group(mlflow)
 
 
 async def _serve(gate: web.Application, port: int, mlflow: subprocess.Popen):

@@ -30,6 +30,8 @@ from jupyterhub.services.auth import HubOAuthCallbackHandler, HubOAuthenticated
 from jupyterhub.utils import url_path_join
 from tornado import httpclient, web
 
+from ..processes import stop_process_group
+
 HOP_BY_HOP = {"connection", "keep-alive", "proxy-authenticate", "proxy-authorization", "te",
               "trailers", "transfer-encoding", "upgrade", "host", "content-length",
               "authorization", "cookie", "x-consumed-content-encoding"}
@@ -107,18 +109,7 @@ def main(argv=None):
     try:
         asyncio.run(_serve(make_gate(prefix, f"http://127.0.0.1:{args.http_port}"), args.port, server))
     finally:
-        _stop(server)
-
-
-def _stop(proc: subprocess.Popen) -> None:
-    for sig, wait in ((signal.SIGTERM, 10), (signal.SIGKILL, 5)):
-        if proc.poll() is not None:
-            return
-        try:
-            os.killpg(proc.pid, sig)
-            proc.wait(wait)
-        except (ProcessLookupError, subprocess.TimeoutExpired):
-            pass
+        stop_process_group(server)
 
 
 async def _serve(gate: web.Application, port: int, server: subprocess.Popen) -> None:
