@@ -17,7 +17,6 @@ import asyncio
 import json
 import os
 import secrets
-import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -28,7 +27,7 @@ from tornado import httpclient, web
 
 from .tracking_auth import ADMIN_HEADER, SECRET_ENV, SECRET_HEADER, USER_HEADER
 from .tracking_share import MLFLOW_ADMIN, GroupShares, MlflowUnavailable, ShareError, share_routes
-from .processes import stop_process_group
+from .processes import serve_beside, stop_process_group
 
 HOP_BY_HOP = {"connection", "keep-alive", "proxy-authenticate", "proxy-authorization", "te",
               "trailers", "transfer-encoding", "upgrade", "host", "content-length",
@@ -172,24 +171,10 @@ def main(argv=None):
     # mlflow serves everything under the static prefix, its REST API too
     shares = GroupShares(mlflow_url + prefix.rstrip("/"), gate_secret, hub_auth.api_url, hub_auth.api_token)
     try:
-        asyncio.run(_serve(make_gate(prefix, mlflow_url, gate_secret, shares), args.port, mlflow))
+        asyncio.run(serve_beside(make_gate(prefix, mlflow_url, gate_secret, shares), args.port, mlflow,
+                                 "mlflow server"))
     finally:
         stop_process_group(mlflow)
-
-
-async def _serve(gate: web.Application, port: int, mlflow: subprocess.Popen):
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGTERM, signal.SIGINT):  # the hub stops services with SIGTERM
-        loop.add_signal_handler(sig, stop.set)
-    gate.listen(port, "127.0.0.1")
-    while not stop.is_set() and mlflow.poll() is None:
-        try:
-            await asyncio.wait_for(stop.wait(), 1)
-        except asyncio.TimeoutError:
-            pass
-    if mlflow.poll() is not None and not stop.is_set():
-        raise SystemExit(f"mlflow server exited with {mlflow.returncode}")
 
 
 if __name__ == "__main__":

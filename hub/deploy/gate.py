@@ -22,7 +22,6 @@ import json
 import os
 import re
 import secrets
-import signal
 import subprocess
 import sys
 
@@ -30,7 +29,7 @@ from jupyterhub.services.auth import HubOAuthCallbackHandler, HubOAuthenticated
 from jupyterhub.utils import url_path_join
 from tornado import httpclient, web
 
-from ..processes import stop_process_group
+from ..processes import serve_beside, stop_process_group
 
 HOP_BY_HOP = {"connection", "keep-alive", "proxy-authenticate", "proxy-authorization", "te",
               "trailers", "transfer-encoding", "upgrade", "host", "content-length",
@@ -107,27 +106,12 @@ def main(argv=None):
     server = subprocess.Popen(server_command(args.model_repository, args.http_port, args.grpc_port),
                               start_new_session=True)
     try:
-        asyncio.run(_serve(make_gate(prefix, f"http://127.0.0.1:{args.http_port}"), args.port, server))
+        # tritonclient may gzip request bodies: the gate passes them on decompressed (the
+        # Inference-Header-Content-Length of the binary protocol counts uncompressed bytes)
+        asyncio.run(serve_beside(make_gate(prefix, f"http://127.0.0.1:{args.http_port}"), args.port, server,
+                                 "inference server", decompress_request=True))
     finally:
         stop_process_group(server)
-
-
-async def _serve(gate: web.Application, port: int, server: subprocess.Popen) -> None:
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGTERM, signal.SIGINT):  # the hub stops services with SIGTERM
-        loop.add_signal_handler(sig, stop.set)
-    # tritonclient may gzip request bodies: the gate passes them on decompressed (the
-    # Inference-Header-Content-Length of the binary protocol counts uncompressed bytes)
-    gate.listen(port, "127.0.0.1", decompress_request=True)
-    while not stop.is_set() and server.poll() is None:
-        try:
-            await asyncio.wait_for(stop.wait(), 1)
-        except asyncio.TimeoutError:
-            pass
-    if server.poll() is not None and not stop.is_set():
-        # the hub restarts nothing by itself: exit so its log shows why
-        raise SystemExit(f"inference server exited with {server.returncode}")
 
 
 if __name__ == "__main__":
