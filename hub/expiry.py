@@ -134,10 +134,13 @@ class ExpiryWatcher:
             rec = self.sessions.get(key)
             if rec is None or rec["since"] != s.get("since"):
                 lim = await self.limits(s["user"])
+                started = float(s.get("since") or now)
+                try:  # the spawn form checked the hours; limits changed since then: the limit wins
+                    end = deadline(started, s.get("time_limit_hours"), lim)
+                except ExpiryError:
+                    end = deadline(started, lim.max_hours, lim)
                 rec = self.sessions[key] = {"user": s["user"], "server_name": s.get("server_name", ""),
-                                            "since": s.get("since"), "started": float(s.get("since") or now),
-                                            "end": deadline(float(s.get("since") or now),
-                                                            s.get("time_limit_hours"), lim),
+                                            "since": s.get("since"), "started": started, "end": end,
                                             "limits": asdict(lim), "events": []}
                 changed = True
             p = phase(now, rec["end"], TimeLimits(**rec["limits"]))

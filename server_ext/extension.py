@@ -55,8 +55,9 @@ def load(serverapp) -> None:
     from .deploy_handlers import ROUTES as DEPLOY_ROUTES
     from .fl_handlers import ROUTES as FL_ROUTES
     from .activity import ROUTES as ACTIVITY_ROUTES  # the hub's idle culler asks what is running
+    from .expiry_handlers import ROUTES as EXPIRY_ROUTES  # the session's time limit and Extend
     handlers = [(url_path_join(base, path) + "/?$", h)
-                for path, h in [*ROUTES, *FL_ROUTES, *DEPLOY_ROUTES, *ACTIVITY_ROUTES]]
+                for path, h in [*ROUTES, *FL_ROUTES, *DEPLOY_ROUTES, *ACTIVITY_ROUTES, *EXPIRY_ROUTES]]
     handlers.append((url_path_join(base, "(.*)"), NotFoundHandler))
     web_app.settings.update(
         fedhub_context=ctx,

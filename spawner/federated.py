@@ -24,7 +24,8 @@ from fedhub.hub.catalogue import CatalogueError
 from fedhub.hub.policy import QuotaError, cached_policy, check_gpu_quota
 
 from .federation import Federation
-from .form import PolicyRefusal, RequestError, form_to_options, parse_request, render_form
+from .form import (PolicyRefusal, RequestError, form_to_options, parse_request, parse_time_limit, render_form,
+                   time_limits_for)
 from .inventory import Allocation
 from .placement import SessionRequest, rank_sites
 
@@ -93,6 +94,7 @@ class FederatedSpawner(Spawner):
             child.port = change.new
 
     request: SessionRequest | None = None
+    time_limit_hours: float | None = None  # the session's length from the form (hub/expiry.py ends it)
     allocation: Allocation | None = None
     child: Spawner | None = None
 
@@ -164,7 +166,8 @@ class FederatedSpawner(Spawner):
         def form(spawner):
             fed = spawner.federation
             return render_form(fed.catalogue, fed.inventories, spawner.session_types,
-                               spawner.policy, spawner.user_groups)
+                               spawner.policy, spawner.user_groups,
+                               time_limits_for(spawner.state_dir, spawner.user_groups, spawner.log))
         return form
 
     def options_from_form(self, formdata):
@@ -178,6 +181,8 @@ class FederatedSpawner(Spawner):
         """The one gate for user input: bad input is a 400 naming the field, nothing starts."""
         try:
             req = parse_request(options, self.federation.catalogue, self.policy, self.user_groups)
+            limits = time_limits_for(self.state_dir, self.user_groups, self.log)
+            self.time_limit_hours = parse_time_limit(options, limits) if limits else None
         except PolicyRefusal as e:
             raise web.HTTPError(403, f"Refused by policy: {e}")
         except RequestError as e:
@@ -231,7 +236,8 @@ class FederatedSpawner(Spawner):
         return child
 
     def _session_info(self, req: SessionRequest, reason: str) -> dict:
-        return {"session_type": req.session_type, "reason": reason, "since": time.time()}
+        return {"session_type": req.session_type, "reason": reason, "since": time.time(),
+                "time_limit_hours": self.time_limit_hours}
 
     async def start(self):
         self._events, self._start_done, self._event_signal = [], False, asyncio.Event()
@@ -379,6 +385,7 @@ class FederatedSpawner(Spawner):
                 "allocation": self.allocation.to_dict(),
                 "request": self.request.to_dict() if self.request else None,
                 "child": self.child.get_state(),
+                "time_limit_hours": self.time_limit_hours,
             }
         return state
 
@@ -389,6 +396,7 @@ class FederatedSpawner(Spawner):
             return
         alloc = Allocation.from_dict(saved["allocation"])
         req = SessionRequest(**saved["request"]) if saved.get("request") else SessionRequest()
+        self.time_limit_hours = saved.get("time_limit_hours")
         fed = self.federation
         if alloc.site not in fed.backends:
             self.log.warning("%s: saved site %s is no longer in the catalogue", self._log_name, alloc.site)

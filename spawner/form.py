@@ -10,6 +10,7 @@ import html
 from typing import Any, Mapping, Sequence
 
 from fedhub.hub.catalogue import Catalogue, format_memory, parse_memory
+from fedhub.hub.expiry import LIMITS_FILE, ExpiryError, TimeLimits, limits_for, load_limits
 from fedhub.hub.policy import Entitlements, Policy
 
 from .inventory import SiteInventory
@@ -17,7 +18,7 @@ from .placement import ANY_GPU, SessionRequest
 
 AUTO = "auto"
 SESSION_LABELS = {"jupyterlab": "JupyterLab", "vscode": "VS Code"}
-KNOWN_OPTIONS = {"session_type", "cpus", "memory", "gpus", "gpu_type", "site", "datasets"}
+KNOWN_OPTIONS = {"session_type", "cpus", "memory", "gpus", "gpu_type", "site", "datasets", "time_limit_hours"}
 
 
 class RequestError(ValueError):
@@ -135,6 +136,36 @@ def _check_grants(policy: Policy, groups: Sequence[str], site, gpus: int, gpu_ty
             raise PolicyRefusal(f"datasets: {decision.reason}")
 
 
+def parse_time_limit(options: Mapping[str, Any] | None, limits: TimeLimits) -> float:
+    """The session's length in hours: the form's ``time_limit_hours``, or the group's default
+    when empty; refused beyond the group's ``max_hours`` with that limit named."""
+    raw = (options or {}).get("time_limit_hours")
+    if raw in (None, "", [""]):
+        return float(limits.default_hours)
+    hours = float(_number(raw, "time_limit_hours", integer=False))
+    if hours <= 0:
+        raise RequestError(f"time_limit_hours: expected a positive number of hours, got {hours:g}")
+    if hours > limits.max_hours:
+        raise RequestError(f"time_limit_hours: {hours:g} h is beyond your limit of {limits.max_hours:g} h")
+    return hours
+
+
+def time_limits_for(state_dir: str, groups: Sequence[str], log=None) -> TimeLimits | None:
+    """The user's time limits from ``time-limits.json`` beside the state dir (the file the fedhub
+    API's expiry watcher reads); None without a state dir. A bad file means the defaults, loudly,
+    as in the watcher: the form must keep working."""
+    if not state_dir:
+        return None
+    from pathlib import Path
+    try:
+        default, by_group = load_limits(Path(state_dir).parent / LIMITS_FILE)
+    except ExpiryError as e:
+        if log:
+            log.error("time limits: %s; using the default time limits", e)
+        return TimeLimits()
+    return limits_for(list(groups), by_group, default)
+
+
 def form_to_options(formdata: Mapping[str, list[str]]) -> dict[str, str]:
     """HTML form lists -> flat user_options (what the REST API would send)."""
     return {k: v[0] if isinstance(v, list) and len(v) == 1 else v
@@ -143,7 +174,7 @@ def form_to_options(formdata: Mapping[str, list[str]]) -> dict[str, str]:
 
 def render_form(catalogue: Catalogue, inventories: Sequence[SiteInventory],
                 session_types: Sequence[str] = ("jupyterlab",), policy: Policy | None = None,
-                groups: Sequence[str] = ()) -> str:
+                groups: Sequence[str] = (), time_limits: TimeLimits | None = None) -> str:
     """The spawn form's HTML: choices from the catalogue, free capacity from the inventories.
     With a policy, only the sites, GPU types and datasets the user's groups are granted."""
     e = html.escape
@@ -173,6 +204,14 @@ def render_form(catalogue: Catalogue, inventories: Sequence[SiteInventory],
     if not gpu_types:
         max_gpus = 0
     datasets_html = grants_html = ""
+    time_html = ""
+    if time_limits is not None:
+        time_html = (f"<label for='fedhub-time-limit'>Time limit (hours)</label>"
+                     f"<input class='form-control' id='fedhub-time-limit' name='time_limit_hours' type='number' "
+                     f"min='0.01' step='any' max='{time_limits.max_hours:g}' value='{time_limits.default_hours:g}' "
+                     f"aria-describedby='fedhub-time-limit-help'>"
+                     f"<small id='fedhub-time-limit-help'>At most {time_limits.max_hours:g} h in all, extensions "
+                     f"included; a warning comes {time_limits.warn_minutes:g} min before the end.</small>")
     if policy is not None:
         usable = policy.usable_datasets(groups, "interactive")
         boxes = "".join(
@@ -198,6 +237,7 @@ def render_form(catalogue: Catalogue, inventories: Sequence[SiteInventory],
   <input class="form-control" id="fedhub-gpus" name="gpus" type="number" min="0" max="{max_gpus}" value="0">
   <label for="fedhub-site">Site</label>
   <select class="form-control" id="fedhub-site" name="site">{site_opts}</select>
+  {time_html}
   {datasets_html}{grants_html}
   <table class="table table-condensed fedhub-sites" aria-label="Free capacity per site">
     <thead><tr><th>Site</th><th>Kind</th><th>State</th><th>CPUs free</th><th>Memory free</th><th>GPUs free</th></tr></thead>

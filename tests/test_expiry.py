@@ -79,3 +79,73 @@ def test_warning_extend_and_end_on_a_real_session(hub_factory):
         time.sleep(0.5)
     assert hub.server("exp-ann") is None
     assert time.time() >= rec["end"] + 5 - 1  # not before the extended end
+
+
+@pytest.mark.hub
+def test_time_limit_from_the_spawn_request_and_extend_through_the_session(hub_factory):
+    """A time limit asked for at spawn (REST user_options, as the form sends it) is refused beyond
+    the group's max with the limit named, and a valid one becomes the session's end. The session's
+    own API (what the JupyterLab notification calls) shows that end and extends it."""
+    import json
+    import time
+
+    import requests
+
+    hub = hub_factory()
+    (hub.data_dir / "time-limits.json").write_text(json.dumps(
+        {"default": {"default_hours": 1, "max_hours": 2, "warn_minutes": 10}}))
+    hub.start()
+    tok = hub.create_user("exp-bo")
+    r = hub.spawn("exp-bo", time_limit_hours=5)
+    assert r.status_code == 400 and "time_limit_hours: 5 h is beyond your limit of 2 h" in r.json()["message"]
+    assert hub.server("exp-bo") is None  # nothing started
+    r = hub.spawn("exp-bo", time_limit_hours="never")
+    assert r.status_code == 400 and "time_limit_hours: expected a number" in r.json()["message"]
+    assert hub.spawn("exp-bo", time_limit_hours=1.5).status_code in (201, 202)
+    hub.wait_ready("exp-bo")
+    session = f"{hub.url}/user/exp-bo/fedhub/api"
+    headers = {"Authorization": f"token {tok}"}
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        mine = requests.get(f"{session}/expiry", headers=headers, timeout=30).json()
+        if mine["session"]:
+            break
+        time.sleep(0.5)
+    rec = mine["session"]
+    assert rec["end"] == pytest.approx(rec["started"] + 1.5 * H) and rec["phase"] == "running"
+    assert abs(mine["now"] - time.time()) < 5 and rec["limits"]["max_hours"] == 2
+    r = requests.post(f"{session}/expiry/extend", headers=headers, json={"hours": 0.25}, timeout=30)
+    assert r.status_code == 200 and r.json()["end"] == pytest.approx(rec["end"] + 0.25 * H), r.text
+    r = requests.post(f"{session}/expiry/extend", headers=headers, json={"hours": 1}, timeout=30)
+    assert r.status_code == 400 and "at most 2 h in all (0.25 h left" in r.json()["message"], r.text
+    r = requests.post(f"{session}/expiry/extend", headers=headers, data="{oops", timeout=30)
+    assert r.status_code == 400 and "expected a JSON object" in r.json()["message"]
+    assert hub.fedhub_api("/expiry", tok).json()["sessions"][0]["end"] == pytest.approx(rec["end"] + 0.25 * H)
+
+
+async def test_watcher_takes_the_form_hours_and_clamps_to_a_since_lowered_limit(tmp_path):
+    """The watcher reads each session's `time_limit_hours` from the hub's snapshot; hours the form
+    accepted before the limits file was lowered end at the new max instead of stopping the watcher."""
+    import json
+
+    from fedhub.hub.expiry import ExpiryWatcher
+
+    (tmp_path / "time-limits.json").write_text(json.dumps({"default": {"default_hours": 1, "max_hours": 2}}))
+
+    class Snapshot:  # the SnapshotStore's read side, over a dict
+        def read(self):
+            return {"sessions": [
+                {"user": "a", "server_name": "", "status": "running", "since": 100.0, "time_limit_hours": 1.5},
+                {"user": "b", "server_name": "", "status": "running", "since": 100.0, "time_limit_hours": 9},
+                {"user": "c", "server_name": "", "status": "running", "since": 100.0}]}
+
+    async def no_groups(user):
+        return []
+
+    async def stop(user, server):
+        raise AssertionError("nothing has ended")
+
+    watcher = ExpiryWatcher(Snapshot(), tmp_path / "state", no_groups, stop)
+    await watcher.poll(now=200.0)
+    ends = {r["user"]: r["end"] - r["started"] for r in watcher.sessions.values()}
+    assert ends == {"a": 1.5 * H, "b": 2 * H, "c": 1 * H}

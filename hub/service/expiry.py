@@ -1,13 +1,14 @@
-"""Session time limits: GET /api/expiry (the caller's sessions: end, warning events),
+"""Session time limits: GET /api/expiry (the caller's sessions: end, phase, warning events),
 POST /api/expiry/extend {"hours": h, "server_name": ""} within the group's limit."""
 
 from __future__ import annotations
 
 import json
+import time
 
 from tornado import web
 
-from ..expiry import ExpiryError
+from ..expiry import ExpiryError, TimeLimits, phase
 from .base import APIError, FedhubAPIHandler
 
 
@@ -18,7 +19,10 @@ class ExpiryHandler(FedhubAPIHandler):
     def get(self):
         me = self.current_user["name"]
         watcher = self.settings["fedhub_expiry"]
-        self.write_json({"user": me, "sessions": [r for r in watcher.sessions.values() if r["user"] == me]})
+        now = time.time()  # the hub's clock: a session's browser may be off
+        self.write_json({"user": me, "now": now, "sessions": [
+            {**r, "phase": phase(now, r["end"], TimeLimits(**r["limits"]))}
+            for r in watcher.sessions.values() if r["user"] == me]})
 
 
 class ExtendHandler(FedhubAPIHandler):
