@@ -16,6 +16,8 @@ import sys
 
 import requests
 
+from .cli_table import print_table
+
 
 def _hub_api(args) -> tuple[str, dict]:
     base = args.hub or os.environ.get("FEDHUB_URL") or os.environ.get("JUPYTERHUB_PUBLIC_HUB_URL", "")
@@ -133,9 +135,7 @@ def cmd_runs(args) -> int:
         table.append([r["run_id"], names.get(r["experiment_id"], r["experiment_id"]), r["run_name"] or "-",
                       r["status"], started, "yes" if r["reproducible"] else "-",
                       *(_fmt(r["metrics"][k]) if k in r["metrics"] else "-" for k in metric_keys)])
-    widths = [max(len(str(row[i])) for row in table) for i in range(len(header))]
-    for row in table:
-        print("  ".join(str(c).ljust(w) for c, w in zip(row, widths)).rstrip())
+    print_table(table)
     return 0
 
 
@@ -146,9 +146,7 @@ def print_comparison(rep: dict, out=None) -> None:
         match = "identical" if c["match"] else ("close" if c.get("close") else "DIFFERS")
         rows.append([c["metric"], "-" if c["original"] is None else _fmt(c["original"]),
                      "-" if c["reproduced"] is None else _fmt(c["reproduced"]), match])
-    widths = [max(len(r[i]) for r in rows) for i in range(4)]
-    for r in rows:
-        print("  ".join(v.ljust(w) for v, w in zip(r, widths)).rstrip(), file=out)
+    print_table(rows, out)
 
 
 def cmd_reproduce(args) -> int:

@@ -21,6 +21,8 @@ import time
 
 import requests
 
+from .cli_table import print_table
+
 SETTLED_NOT = ("deploying", "rolling-back", "undeploying")
 
 
@@ -177,7 +179,7 @@ def cmd_deploy(client: DeploymentsClient, args) -> int:
     version = record.get("pending_version")
     print(f"deployment {record['id']}: {record['name']} version {version} -> {record['target']}", flush=True)
     if not args.follow:
-        print(f"follow it with: fedhub deployments   (or --follow)")
+        print("follow it with: fedhub deployments   (or --follow)")
         return 0
     record = client.follow(record["id"], on_event=lambda e: print(format_event(e), flush=True))
     if args.json:
@@ -204,9 +206,7 @@ def cmd_deployments(client: DeploymentsClient, args) -> int:
         current = next((v for v in r["versions"] if v["version"] == r.get("current_version")), r["versions"][-1])
         table.append([r["id"], r["name"], r["target"], r["status"], str(r.get("current_version") or "-"),
                       current["model"], (r.get("error") or "")[:60]])
-    widths = [max(len(row[i]) for row in table) for i in range(len(table[0]))]
-    for row in table:
-        print("  ".join(c.ljust(w) for c, w in zip(row, widths)).rstrip())
+    print_table(table)
     return 0
 
 

@@ -16,6 +16,8 @@ import time
 
 import requests
 
+from .cli_table import print_table
+
 FINAL = ("succeeded", "failed", "cancelled")
 
 
@@ -121,9 +123,7 @@ def cmd_ls(args, hub_api, error_message) -> int:
     for j in jobs:
         rows.append([j["id"], j["state"], f"{len(j['round_metrics'])}/{j['rounds']}", ",".join(j["sites"]),
                      j.get("app_display") or j["app"], j.get("mlflow_run_id") or "-"])
-    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
-    for row in rows:
-        print("  ".join(c.ljust(w) for c, w in zip(row, widths)).rstrip())
+    print_table(rows)
     return 0
 
 
