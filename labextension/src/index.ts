@@ -6,6 +6,7 @@
  *   fedhub:federated    left panel "Federated" (Flower jobs across sites, live per-round chart)
  *   fedhub:deploy       left panel "Deploy" (models to inference servers and edge devices)
  *   fedhub:status       status-bar item (this session's site and GPUs)
+ *   fedhub:expiry       the session's time limit: a notification with "Extend" (expiry.ts)
  */
 import {
   ILayoutRestorer,
@@ -17,6 +18,7 @@ import { Widget } from '@lumino/widgets';
 
 import { DeployPanel } from './deploy';
 import { ExperimentsPanel } from './experiments';
+import { expiryPlugin } from './expiry';
 import { FederatedPanel } from './federated';
 import { SitesPanel } from './sites';
 import { StatusItem } from './status';
@@ -117,4 +119,4 @@ const statusPlugin: JupyterFrontEndPlugin<void> = {
   }
 };
 
-export default [experimentsPlugin, sitesPlugin, federatedPlugin, deployPlugin, statusPlugin];
+export default [experimentsPlugin, sitesPlugin, federatedPlugin, deployPlugin, statusPlugin, expiryPlugin];

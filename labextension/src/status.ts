@@ -1,7 +1,8 @@
-/** The status-bar item: this session's site and GPUs. */
+/** The status-bar item: this session's site and GPUs, and its end when it has a time limit. */
 import { Widget } from '@lumino/widgets';
 
 import * as api from './api';
+import { formatEnd, IExpiryRecord, onExpiryChange } from './expiry';
 
 /** "fedhub: local-a · a100 ×1", "fedhub: local-a · no GPU" or "fedhub: standalone". */
 export function statusText(s: api.ISessionInfo): string {
@@ -22,14 +23,31 @@ export class StatusItem extends Widget {
     this.node.textContent = 'fedhub: …';
     this.node.setAttribute('aria-label', 'fedhub: loading');
     this.node.setAttribute('role', 'status');
+    onExpiryChange(rec => this.showEnd(rec));
     void this.load();
+  }
+
+  private _base = '';
+  private _end = '';
+
+  /** " · ends 19:58" after the site and GPUs (the expiry monitor calls this). */
+  showEnd(rec: IExpiryRecord | null): void {
+    this._end = rec ? ` · ends ${formatEnd(rec.end)}` : '';
+    this._render();
+  }
+
+  private _render(): void {
+    if (this._base) {
+      this.node.textContent = this._base + this._end;
+      this.node.setAttribute('aria-label', this._base + this._end);
+    }
   }
 
   async load(): Promise<void> {
     try {
       const s = await api.getSession();
-      this.node.textContent = statusText(s);
-      this.node.setAttribute('aria-label', statusText(s));
+      this._base = statusText(s);
+      this._render();
       const details = [
         s.user && `user ${s.user}`,
         s.node && `node ${s.node}`,
