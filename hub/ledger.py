@@ -7,10 +7,11 @@ hash over its canonical JSON, and an Ed25519 signature of that hash with the hub
 key. A signed *head* (last seq + hash) is rewritten on every append, so cutting
 records off the end is caught too.
 
-Records live in one JSON-lines file; appends from several processes (the hub, the
-API service) are serialised with an exclusive lock on a side file. `verify()` is a
-pure function over the records, the head and the public key: anyone holding an
-export can check it without the hub.
+Records and the head are rows of the state database (fedhub.hub.statedb: SQLite in the
+state dir, or PostgreSQL); appends from several processes are serialised by locking the
+head row for the whole append, so the chain never forks. The signing key stays a file.
+`verify()` is a pure function over the records, the head and the public key: anyone
+holding an export can check it without the hub.
 """
 
 from __future__ import annotations
@@ -151,22 +152,40 @@ def verify(records: list[dict], public_key: Ed25519PublicKey, head: dict | None 
     return problems
 
 
-# ---------------------------------------------------------------- the file store
+# ---------------------------------------------------------------- the store
+
+RECORD_FIELDS = ("seq", "time", "kind", "subject", "who", "body", "parents", "prev", "key_id", "hash", "sig")
+
+
+def _as_record(row) -> dict:
+    return {k: getattr(row, k) for k in RECORD_FIELDS}
+
 
 class Ledger:
-    """One ledger file in a state dir, shared by every process of one hub."""
+    """The ledger of one hub: records and signed head in the state database (rows of
+    fedhub.hub.statedb), the signing key in a 0600 file in the state dir.
 
-    def __init__(self, state_dir: str | Path):
+    SQLAlchemy is imported inside the methods: `verify()` above also runs in a session
+    image (`fedhub provenance verify`), which installs no database libraries."""
+
+    def __init__(self, state_dir: str | Path, db=None):
         self.dir = Path(state_dir)
         self.dir.mkdir(parents=True, exist_ok=True)
-        self.path = self.dir / "ledger.jsonl"
-        self.head_path = self.dir / "ledger-head.json"
+        self._db = db
         self._key: Ed25519PrivateKey | None = None
+
+    @property
+    def db(self):
+        """The state database, opened on first use (the edge bundle signer needs only the key)."""
+        if self._db is None:
+            from .statedb import open_state_db
+            self._db = open_state_db(self.dir)
+        return self._db
 
     @property
     def key(self) -> Ed25519PrivateKey:
         if self._key is None:
-            with self._locked():
+            with self._key_lock():
                 self._key = load_or_create_key(self.dir / "ledger-key.pem")
         return self._key
 
@@ -175,7 +194,8 @@ class Ledger:
         return self.key.public_key()
 
     @contextmanager
-    def _locked(self):
+    def _key_lock(self):
+        """Only one process creates the key file."""
         with open(self.dir / "ledger.lock", "a") as lock:
             fcntl.flock(lock, fcntl.LOCK_EX)
             try:
@@ -183,27 +203,38 @@ class Ledger:
             finally:
                 fcntl.flock(lock, fcntl.LOCK_UN)
 
-    def records(self) -> list[dict]:
-        try:
-            lines = self.path.read_text().splitlines()
-        except FileNotFoundError:
-            return []
-        out = []
-        for line in lines:
-            if line.strip():
-                try:
-                    out.append(json.loads(line))
-                except ValueError:
-                    out.append({"seq": None, "corrupt": line[:200]})
-        return out
+    def records(self, kind: str | None = None, subject: str | None = None) -> list[dict]:
+        """Records in the order they were appended (optionally one kind and/or subject)."""
+        from sqlalchemy import select
+
+        from .statedb.models import LedgerRecordRow as Row
+        query = select(Row).order_by(Row.position)
+        if kind:
+            query = query.where(Row.kind == kind)
+        if subject:
+            query = query.where(Row.subject == subject)
+        with self.db.reading() as s:
+            return [_as_record(r) for r in s.scalars(query)]
+
+    def subjects(self, kind: str) -> set[str]:
+        from sqlalchemy import select
+
+        from .statedb.models import LedgerRecordRow as Row
+        with self.db.reading() as s:
+            return set(s.scalars(select(Row.subject).where(Row.kind == kind)))
 
     def head(self) -> dict | None:
-        try:
-            return json.loads(self.head_path.read_text())
-        except (FileNotFoundError, ValueError):
-            return None
+        from .statedb.models import LedgerHeadRow
+        with self.db.reading() as s:
+            row = s.get(LedgerHeadRow, 1)
+            if row is None or not row.sig:
+                return None
+            return {"seq": row.seq, "hash": row.hash, "sig": row.sig}
 
     def append(self, kind: str, subject: str, who: str, body: dict, parents: list[str] = ()) -> dict:
+        from sqlalchemy import select
+
+        from .statedb.models import LedgerHeadRow, LedgerRecordRow as Row
         if kind not in KINDS:
             raise LedgerError(f"kind: expected one of {list(KINDS)}, got {kind!r}")
         if not subject or not isinstance(subject, str):
@@ -213,35 +244,36 @@ class Ledger:
         except (TypeError, ValueError) as e:
             raise LedgerError(f"body: expected JSON data ({e})")
         key = self.key
-        with self._locked():
-            existing = self.records()
-            known = {r.get("hash") for r in existing}
-            unknown = [p for p in parents if p not in known]
-            if unknown:
-                raise LedgerError(f"parents: unknown record(s) {unknown}")
-            last = existing[-1] if existing else None
-            rec = {"seq": (last["seq"] + 1) if last else 0, "time": time.time(), "kind": kind,
-                   "subject": subject, "who": who, "body": body, "parents": list(parents),
-                   "prev": last["hash"] if last else GENESIS, "key_id": key_id(key.public_key())}
+        # the head row is locked for the whole append (SELECT ... FOR UPDATE on PostgreSQL; the
+        # write lock, BEGIN IMMEDIATE, on SQLite): appenders in other processes wait, the chain never forks
+        with self.db.writing() as s:
+            head = s.execute(select(LedgerHeadRow).where(LedgerHeadRow.id == 1).with_for_update()).scalar_one()
+            parents = list(parents)
+            if parents:
+                known = set(s.scalars(select(Row.hash).where(Row.hash.in_(parents))))
+                unknown = [p for p in parents if p not in known]
+                if unknown:
+                    raise LedgerError(f"parents: unknown record(s) {unknown}")
+            last = s.scalars(select(Row).order_by(Row.position.desc()).limit(1)).first()
+            rec = {"seq": (last.seq + 1) if last else 0, "time": time.time(), "kind": kind,
+                   "subject": subject, "who": who, "body": body, "parents": parents,
+                   "prev": last.hash if last else GENESIS, "key_id": key_id(key.public_key())}
             rec["hash"] = record_hash(rec)
             rec["sig"] = sign(key, rec["hash"])
-            with open(self.path, "a") as f:
-                f.write(json.dumps(rec, sort_keys=True) + "\n")
-                f.flush()
-                os.fsync(f.fileno())
-            head = {"seq": rec["seq"], "hash": rec["hash"],
-                    "sig": sign(key, head_digest(rec["seq"], rec["hash"]))}
-            tmp = self.head_path.with_suffix(".tmp")
-            tmp.write_text(json.dumps(head))
-            os.replace(tmp, self.head_path)
+            s.add(Row(**rec))
+            head.seq, head.hash, head.sig = rec["seq"], rec["hash"], sign(key, head_digest(rec["seq"], rec["hash"]))
         return rec
 
     def find(self, ref: str) -> dict | None:
         """A record by its hash (or a unique prefix of at least 8 characters)."""
+        from sqlalchemy import select
+
+        from .statedb.models import LedgerRecordRow as Row
         if len(ref) < 8:
             return None
-        hits = [r for r in self.records() if str(r.get("hash", "")).startswith(ref)]
-        return hits[0] if len(hits) == 1 else None
+        with self.db.reading() as s:
+            hits = s.scalars(select(Row).where(Row.hash.startswith(ref, autoescape=True)).limit(2)).all()
+            return _as_record(hits[0]) if len(hits) == 1 else None
 
     def verify(self) -> list[Problem]:
         return verify(self.records(), self.public_key, self.head())

@@ -1,20 +1,50 @@
-"""The provenance ledger: hash chain, signatures, signed head, and every kind of tampering (R6)."""
+"""The provenance ledger: hash chain, signatures, signed head, and every kind of tampering (R6),
+on the state database's rows, with SQLite (the embedded default) and a real PostgreSQL
+server (tests/pg_server.py). Tampering is done the way an intruder with database access
+would: UPDATE, DELETE and reordering of the ledger's rows."""
 
 import json
 import multiprocessing
+import subprocess
+import sys
+import uuid
 from pathlib import Path
 
 import pytest
+from sqlalchemy import delete, select, update
 
 from fedhub.hub.ledger import (Ledger, LedgerError, load_public_key, record_hash, sign, to_prov_jsonld,
                                verify)
+from fedhub.hub.statedb import open_state_db
+from fedhub.hub.statedb.models import LedgerHeadRow, LedgerRecordRow as Row
+from pg_server import PostgresServer
 
 TAMPER_RESULTS: dict[str, bool] = {}
 
 
+@pytest.fixture(scope="module")
+def pg():
+    with PostgresServer() as server:
+        yield server
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def state_url(request, monkeypatch):
+    """None: SQLite in the state dir; else a fresh PostgreSQL database (password from $PGPASSWORD)."""
+    if request.param == "sqlite":
+        return None
+    pg = request.getfixturevalue("pg")
+    monkeypatch.setenv("PGPASSWORD", pg.password)
+    return pg.create_database(f"ledger_{uuid.uuid4().hex[:12]}")
+
+
+def make_ledger(state_dir, url=None) -> Ledger:
+    return Ledger(state_dir, db=open_state_db(state_dir, url))
+
+
 @pytest.fixture
-def ledger(tmp_path):
-    led = Ledger(tmp_path / "state")
+def ledger(tmp_path, state_url):
+    led = make_ledger(tmp_path / "state", state_url)
     run = led.append("run", "run-1", "ada", {"code": {"commit": "abc123"}, "metrics": {"acc": 0.9}})
     led.append("job", "job-1", "ada", {"app": "digits", "rounds": 3}, parents=[run["hash"]])
     led.append("deployment", "dep-1", "bob", {"model": "models:/m/1"})
@@ -23,12 +53,19 @@ def ledger(tmp_path):
     return led
 
 
-def lines(led: Ledger) -> list[str]:
-    return led.path.read_text().splitlines()
+def tamper(led: Ledger, *statements) -> None:
+    """Run SQL on the ledger's rows directly, as someone with access to the database could."""
+    with led.db.engine.begin() as conn:
+        for statement in statements:
+            conn.execute(statement)
 
 
-def write(led: Ledger, new_lines: list[str]) -> None:
-    led.path.write_text("\n".join(new_lines) + "\n")
+def row(led: Ledger, seq: int) -> dict:
+    return next(r for r in led.records() if r["seq"] == seq)
+
+
+def backend(led: Ledger) -> str:
+    return led.db.dialect
 
 
 def kinds(problems) -> set[str]:
@@ -44,64 +81,61 @@ def test_untouched_ledger_verifies_and_records_chain(ledger):
 
 
 def test_one_altered_byte_is_detected(ledger):
-    rows = lines(ledger)
-    rows[1] = rows[1].replace('"rounds": 3', '"rounds": 4')
-    assert rows[1] != lines(ledger)[1]
-    write(ledger, rows)
+    body = row(ledger, 1)["body"]
+    tamper(ledger, update(Row).where(Row.seq == 1).values(body={**body, "rounds": 4}))
+    assert row(ledger, 1)["body"]["rounds"] == 4
     problems = ledger.verify()
-    TAMPER_RESULTS["altered byte"] = bool(problems)
+    TAMPER_RESULTS[f"{backend(ledger)}: altered byte"] = bool(problems)
     assert {"altered"} <= kinds(problems) and any(p.seq == 1 for p in problems)
 
 
 def test_altered_record_with_recomputed_hash_fails_signature_and_link(ledger):
-    rows = lines(ledger)
-    rec = json.loads(rows[2])
+    rec = row(ledger, 2)
     rec["body"]["model"] = "models:/evil/1"
     rec["hash"] = record_hash(rec)  # a forger can hash, but cannot sign
-    rows[2] = json.dumps(rec)
-    write(ledger, rows)
+    tamper(ledger, update(Row).where(Row.seq == 2).values(body=rec["body"], hash=rec["hash"]))
     problems = ledger.verify()
-    TAMPER_RESULTS["rehashed record"] = bool(problems)
+    TAMPER_RESULTS[f"{backend(ledger)}: rehashed record"] = bool(problems)
     assert "signature" in kinds(problems)
     assert any(p.kind == "altered" and p.seq == 3 for p in problems)  # record 3 no longer links
 
 
 def test_one_removed_record_is_detected(ledger):
-    rows = lines(ledger)
-    del rows[2]
-    write(ledger, rows)
+    tamper(ledger, delete(Row).where(Row.seq == 2))
     problems = ledger.verify()
-    TAMPER_RESULTS["removed record"] = bool(problems)
+    TAMPER_RESULTS[f"{backend(ledger)}: removed record"] = bool(problems)
     assert [(p.kind, p.seq) for p in problems] == [("removed", 2)]
 
 
 def test_removed_last_record_is_caught_by_the_signed_head(ledger):
-    write(ledger, lines(ledger)[:-1])
+    tamper(ledger, delete(Row).where(Row.seq == 4))
     problems = ledger.verify()
-    TAMPER_RESULTS["truncated"] = bool(problems)
+    TAMPER_RESULTS[f"{backend(ledger)}: truncated"] = bool(problems)
     assert [p.kind for p in problems] == ["removed"]
     assert "head" in problems[0].message
 
 
 def test_one_reordered_pair_is_detected(ledger):
-    rows = lines(ledger)
-    rows[1], rows[2] = rows[2], rows[1]
-    write(ledger, rows)
+    with ledger.db.reading() as s:
+        pos = dict(s.execute(select(Row.seq, Row.position)).all())
+    # swap the two rows' places in the append order (through a free position: it is the key)
+    tamper(ledger, update(Row).where(Row.seq == 1).values(position=-1),
+           update(Row).where(Row.seq == 2).values(position=pos[1]),
+           update(Row).where(Row.seq == 1).values(position=pos[2]))
+    assert [r["seq"] for r in ledger.records()][:3] == [0, 2, 1]
     problems = ledger.verify()
-    TAMPER_RESULTS["reordered pair"] = bool(problems)
+    TAMPER_RESULTS[f"{backend(ledger)}: reordered pair"] = bool(problems)
     assert kinds(problems) == {"reordered"}
 
 
 def test_forged_head_and_foreign_key_are_detected(ledger, tmp_path):
-    head = ledger.head()
-    head["seq"] = 3
-    ledger.head_path.write_text(json.dumps(head))
+    tamper(ledger, update(LedgerHeadRow).where(LedgerHeadRow.id == 1).values(seq=3))
     assert kinds(ledger.verify()) == {"head"}
-    TAMPER_RESULTS["forged head"] = True
+    TAMPER_RESULTS[f"{backend(ledger)}: forged head"] = True
     other = Ledger(tmp_path / "other")
     other.append("run", "x", "eve", {})
     problems = verify(ledger.records(), other.public_key)
-    TAMPER_RESULTS["other key"] = bool(problems)
+    TAMPER_RESULTS[f"{backend(ledger)}: other key"] = bool(problems)
     assert {p.kind for p in problems} == {"signature"}
 
 
@@ -125,23 +159,25 @@ def test_bad_appends_are_refused(ledger):
     assert ledger.verify() == []
 
 
-def _append_many(state_dir: str, who: str, n: int) -> None:
-    led = Ledger(state_dir)
+def _append_many(state_dir: str, url, who: str, n: int) -> None:
+    led = make_ledger(state_dir, url)
     for i in range(n):
         led.append("run", f"{who}-{i}", who, {"i": i})
 
 
-def test_concurrent_appends_from_processes_keep_one_chain(tmp_path):
+def test_concurrent_appends_from_processes_keep_one_chain(tmp_path, state_url):
+    """Three processes append at once: the locked head row keeps one chain (no fork, no gap)."""
     state = tmp_path / "state"
-    Ledger(state).append("session", "s0", "hub", {})  # the key exists before the writers race
-    procs = [multiprocessing.get_context("fork").Process(target=_append_many, args=(str(state), w, 25))
+    make_ledger(state, state_url).append("session", "s0", "hub", {})  # the key exists before the race
+    procs = [multiprocessing.get_context("fork").Process(target=_append_many, args=(str(state), state_url, w, 25))
              for w in ("ada", "bob", "cy")]
     for p in procs:
         p.start()
     for p in procs:
         p.join(60)
-    led = Ledger(state)
-    assert len(led.records()) == 76
+    assert [p.exitcode for p in procs] == [0, 0, 0]
+    led = make_ledger(state, state_url)
+    assert [r["seq"] for r in led.records()] == list(range(76))
     assert led.verify() == []
 
 
@@ -160,7 +196,7 @@ def test_prov_jsonld_export(ledger):
 def test_tampering_figure_r6():
     """R6: every tampering case above was detected (printed for the benchmarks page)."""
     print(f"\nR6 tampering cases detected: {sum(TAMPER_RESULTS.values())}/{len(TAMPER_RESULTS)}: {TAMPER_RESULTS}")
-    assert len(TAMPER_RESULTS) == 7 and all(TAMPER_RESULTS.values())
+    assert len(TAMPER_RESULTS) == 14 and all(TAMPER_RESULTS.values())  # 7 cases x SQLite, PostgreSQL
 
 
 def test_signature_helper_roundtrip(ledger):
@@ -169,3 +205,34 @@ def test_signature_helper_roundtrip(ledger):
     assert signature_ok(ledger.public_key, digest, sign(ledger.key, digest))
     assert not signature_ok(ledger.public_key, "cd" * 32, sign(ledger.key, digest))
     assert Path(ledger.dir / "ledger-key.pem").stat().st_mode & 0o777 == 0o600
+
+
+def test_a_forged_row_inserted_into_the_table_is_detected(ledger):
+    """An intruder appends a row of their own: it links and hashes, but is not signed by the hub."""
+    last = ledger.records()[-1]
+    rec = {"seq": last["seq"] + 1, "time": last["time"] + 1, "kind": "run", "subject": "evil", "who": "ada",
+           "body": {}, "parents": [], "prev": last["hash"], "key_id": last["key_id"]}
+    rec["hash"] = record_hash(rec)
+    rec["sig"] = last["sig"]
+    tamper(ledger, Row.__table__.insert().values(**rec))
+    problems = ledger.verify()
+    assert ("signature", last["seq"] + 1) in {(p.kind, p.seq) for p in problems}
+    assert any(p.kind == "removed" and "signed head" in p.message for p in problems)
+
+
+def test_an_exported_chain_verifies_offline_without_database_libraries(ledger, tmp_path):
+    """What `GET /api/provenance/chain` serves, saved to a file and checked by the pure verifier
+    in a process that never imports SQLAlchemy (a session image has none)."""
+    export = tmp_path / "chain.json"
+    export.write_text(json.dumps(ledger.chain(None, admin=True)))
+    code = ("import json, sys; from fedhub.hub.ledger import load_public_key, verify; "
+            f"c = json.load(open({str(export)!r})); "
+            "p = verify(c['records'], load_public_key(c['public_key']), c['head']); "
+            "assert 'sqlalchemy' not in sys.modules; print(len(c['records']), [x.kind for x in p])")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.split() == ["5", "[]"]
+    tamper(ledger, delete(Row).where(Row.seq == 3))
+    export.write_text(json.dumps(ledger.chain(None, admin=True)))
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert out.stdout.split() == ["4", "['removed']"], out.stderr

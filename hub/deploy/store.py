@@ -1,74 +1,68 @@
-"""Where deployments and edge devices are kept: JSON files under the API service's state dir.
+"""Where deployments and edge devices are kept: the state database (fedhub.hub.statedb).
 
-One file per deployment (``deployments/<id>.json``) and one for the edge devices
-(``edge/devices.json``), each replaced atomically, so a hub restart (or a crash mid-write)
-leaves the previous complete record. Pure data: no servers, no MLflow.
+One row per deployment (its record as a JSON document, with owner, status and creation
+time as indexed columns) and one per edge device. Each save is one transaction, so a
+hub restart (or a crash mid-write) leaves the previous complete record. Files a
+deployment produces (manifests, edge bundles) stay on disk under `artifact_dir()`.
+Pure data: no servers, no MLflow.
 """
 
 from __future__ import annotations
 
-import json
-import os
-import tempfile
+import logging
 from pathlib import Path
 
+from sqlalchemy import delete, select
 
-def write_json_atomic(path: Path, data) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
-    try:
-        with os.fdopen(fd, "w") as f:
-            json.dump(data, f, indent=1)
-        os.chmod(tmp, 0o600)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+from ..statedb import StateDB, open_state_db
+from ..statedb.models import DeploymentRow, EdgeDeviceRow
+
+log = logging.getLogger("fedhub.deploy")
 
 
 class DeploymentStore:
     """Deployment records by id, and the edge device registry."""
 
-    def __init__(self, state_dir: str | Path):
+    def __init__(self, state_dir: str | Path, db: StateDB | None = None):
         self.root = Path(state_dir)
-        self.deployments_dir = self.root / "deployments"
-        self.edge_dir = self.root / "edge"
-        self.deployments_dir.mkdir(parents=True, exist_ok=True)
-        self.edge_dir.mkdir(parents=True, exist_ok=True)
+        self.root.mkdir(parents=True, exist_ok=True)
+        self.db = db or open_state_db(self.root)
 
     # ---------------------------------------------------------------- deployments
     def load_all(self) -> dict[str, dict]:
+        with self.db.reading() as s:
+            rows = s.execute(select(DeploymentRow.id, DeploymentRow.document).order_by(DeploymentRow.created)).all()
         records = {}
-        for path in sorted(self.deployments_dir.glob("*.json")):
-            try:
-                record = json.loads(path.read_text())
-            except (OSError, ValueError):
-                continue  # a foreign or broken file never stops the service
-            if isinstance(record, dict) and record.get("id") == path.stem:
-                records[record["id"]] = record
+        for row_id, record in rows:
+            if isinstance(record, dict) and record.get("id") == row_id:
+                records[row_id] = record
+            else:  # a row another version wrote never stops the service
+                log.warning("deployments: skipping an unreadable row %s", row_id)
         return records
 
     def save(self, record: dict) -> None:
-        write_json_atomic(self.deployments_dir / f"{record['id']}.json", record)
+        with self.db.writing() as s:
+            s.merge(DeploymentRow(id=record["id"], owner=str(record.get("owner", "")),
+                                  status=str(record.get("status", "")), created=float(record.get("created") or 0),
+                                  document=record))
 
     def delete(self, deployment_id: str) -> None:
-        (self.deployments_dir / f"{deployment_id}.json").unlink(missing_ok=True)
+        with self.db.writing() as s:
+            s.execute(delete(DeploymentRow).where(DeploymentRow.id == deployment_id))
 
     def artifact_dir(self, deployment_id: str) -> Path:
         """Per-deployment files that are not served (manifests, edge bundles)."""
         return self.root / "deployment-files" / deployment_id
 
     # ---------------------------------------------------------------- edge devices
-    @property
-    def devices_path(self) -> Path:
-        return self.edge_dir / "devices.json"
-
     def load_devices(self) -> dict[str, dict]:
-        try:
-            data = json.loads(self.devices_path.read_text())
-        except (OSError, ValueError):
-            return {}
-        return data if isinstance(data, dict) else {}
+        with self.db.reading() as s:
+            return {row_id: doc for row_id, doc in s.execute(select(EdgeDeviceRow.id, EdgeDeviceRow.document))
+                    if isinstance(doc, dict)}
 
     def save_devices(self, devices: dict[str, dict]) -> None:
-        write_json_atomic(self.devices_path, devices)
+        """The whole registry, in one transaction: devices not in `devices` are removed."""
+        with self.db.writing() as s:
+            s.execute(delete(EdgeDeviceRow).where(EdgeDeviceRow.id.not_in(list(devices))))
+            for device_id, doc in devices.items():
+                s.merge(EdgeDeviceRow(id=device_id, owner=str(doc.get("owner", "")), document=doc))

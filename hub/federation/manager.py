@@ -196,7 +196,7 @@ class FederatedJobs(LoggingConfigurable):
         """A signed ledger record of the finished job: who, which code, where, the outcome."""
         from fedhub.hub.ledger import Ledger
         try:
-            Ledger(self.store.root.parent).append("job", job.id, job.owner, {
+            Ledger(self.store.root.parent, db=self.store.db).append("job", job.id, job.owner, {
                 "app": job.app_display, "code_sha256": _tree_sha256(job.app), "sites": job.sites,
                 "site_kinds": {s: st.get("kind", "") for s, st in job.site_status.items()},
                 "rounds": job.rounds, "strategy": job.strategy, "compression": job.compression,

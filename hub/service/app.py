@@ -38,6 +38,7 @@ from .usage import book_of
 from ..accounting import UsageRecorder
 from .expiry import ROUTES as EXPIRY_ROUTES
 from ..culler import culler_from_env
+from ..statedb import open_state_db
 from ..expiry import ExpiryWatcher
 
 API_VERSION = "0.1.0"
@@ -103,6 +104,9 @@ def make_app(state_dir: str, prefix: str | None = None) -> web.Application:
         cookie_secret=secrets.token_bytes(32),
         fedhub_store=store,
         fedhub_state_dir=state_dir,
+        # jobs, deployments, the ledger: $FEDHUB_STATE_DB_URL (fedhub up --state-db-url) or SQLite
+        # in the state dir; migrated to the newest schema and earlier versions' files imported here
+        fedhub_state_db=open_state_db(state_dir),
         fedhub_expiry=ExpiryWatcher(store, state_dir, _hub_groups, _stop_server, app_log),
         default_handler_class=NotFoundHandler,
     )

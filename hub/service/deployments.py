@@ -42,7 +42,7 @@ def manager_of(settings) -> DeploymentManager:
         state_dir = settings["fedhub_state_dir"]
         inventory = settings.get("fedhub_store")
         settings["fedhub_deployments"] = DeploymentManager(
-            DeploymentStore(state_dir), settings.get("fedhub_deploy_settings") or deploy_settings_from_env(),
+            DeploymentStore(state_dir, db=settings.get("fedhub_state_db")), settings.get("fedhub_deploy_settings") or deploy_settings_from_env(),
             sites=(inventory.sites if inventory is not None else (lambda: [])),
             ledger=lambda: ledger_of(settings))
     return settings["fedhub_deployments"]

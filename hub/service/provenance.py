@@ -22,7 +22,7 @@ MAX_BODY_BYTES = 256 * 1024
 
 def ledger_of(settings) -> Ledger:
     if settings.get("fedhub_ledger") is None:
-        settings["fedhub_ledger"] = Ledger(settings["fedhub_state_dir"])
+        settings["fedhub_ledger"] = Ledger(settings["fedhub_state_dir"], db=settings.get("fedhub_state_db"))
     return settings["fedhub_ledger"]
 
 
@@ -50,8 +50,7 @@ class ProvenanceHandler(_Provenance):
         if kind and kind not in KINDS:
             raise APIError(400, f"kind: expected one of {list(KINDS)}, got {kind!r}")
         subject = self.get_argument("subject", "")
-        recs = [r for r in self.ledger.records() if self.visible(r)
-                and (not kind or r.get("kind") == kind) and (not subject or r.get("subject") == subject)]
+        recs = [r for r in self.ledger.records(kind=kind or None, subject=subject or None) if self.visible(r)]
         self.write_json({"records": recs})
 
     @web.authenticated
@@ -139,8 +138,8 @@ class SessionRecorder:
 
     def poll(self) -> int:
         """Record sessions not recorded yet; returns how many were appended."""
-        if self._seen is None:  # lazily: the ledger file may be large, read it once
-            self._seen = {r.get("subject") for r in self.ledger.records() if r.get("kind") == "session"}
+        if self._seen is None:  # lazily, once: the (kind, subject) index answers it
+            self._seen = self.ledger.subjects("session")
         added = 0
         for s in self.store.read().get("sessions", []):
             if s.get("status") != "running" or "user" not in s:
