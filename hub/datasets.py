@@ -12,6 +12,7 @@ the site that holds it.
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field
 from typing import Iterable
 
@@ -31,7 +32,12 @@ JSONLD_CONTEXT = {
 @dataclass(frozen=True)
 class DatasetLocation:
     site: str
-    path: str
+    path: str  # absolute path on the site; with `pvc`, the folder inside that claim
+    pvc: str = ""  # Kubernetes sites: the PersistentVolumeClaim holding it (else a hostPath)
+
+    @property
+    def access_url(self) -> str:
+        return f"pvc://{self.pvc}{self.path}" if self.pvc else f"file://{self.path}"
 
 
 @dataclass(frozen=True)
@@ -69,6 +75,9 @@ class Dataset:
     def path_at(self, site: str) -> str | None:
         return next((loc.path for loc in self.locations if loc.site == site), None)
 
+    def location_at(self, site: str) -> DatasetLocation | None:
+        return next((loc for loc in self.locations if loc.site == site), None)
+
     def jsonld(self, base_url: str = "") -> dict:
         """The self-description: GAIA-X DataResource + DCAT dataset + ODRL usage policy."""
         ident = f"{base_url.rstrip('/')}/api/datasets/{self.name}" if base_url else f"urn:fedhub:dataset:{self.name}"
@@ -94,7 +103,7 @@ class Dataset:
             "keywords": list(self.keywords),
             "gx:containsPII": self.contains_pii,
             "dcat:distribution": [{"@type": "dcat:Distribution", "fedhub:site": loc.site,
-                                   "dcat:accessURL": f"file://{loc.path}"} for loc in self.locations],
+                                   "dcat:accessURL": loc.access_url} for loc in self.locations],
             "fedhub:purposes": list(p.purposes),
             "fedhub:allowedGroups": list(p.allowed_groups),
             "fedhub:mayLeaveSite": p.may_leave_site,
@@ -124,8 +133,13 @@ def check_use(dataset: Dataset, groups: Iterable[str], purpose: str,
                            f"your groups: {sorted(groups) or 'none'}")
 
 
-def parse_datasets(raw, r, site_names: Iterable[str] | None = None) -> tuple[Dataset, ...]:
-    """`datasets:` of a policy file -> Datasets; `r` is catalogue._Reader (errors name file and key)."""
+_CLAIM_RE = re.compile(r"^[a-z0-9]([-a-z0-9.]{0,251}[a-z0-9])?$")
+
+
+def parse_datasets(raw, r, site_names: Iterable[str] | None = None,
+                   site_kinds: dict[str, str] | None = None) -> tuple[Dataset, ...]:
+    """`datasets:` of a policy file -> Datasets; `r` is catalogue._Reader (errors name file and key).
+    `site_kinds` (site -> kind, from the catalogue) lets `pvc` be checked: Kubernetes sites only."""
     if raw is None:
         return ()
     if not isinstance(raw, list):
@@ -147,14 +161,22 @@ def parse_datasets(raw, r, site_names: Iterable[str] | None = None) -> tuple[Dat
         locations = []
         for j, loc in enumerate(locs):
             lp = f"{p}.locations[{j}]"
-            r.mapping(loc, lp, {"site", "path"}, {"site", "path"})
+            r.mapping(loc, lp, {"site", "path", "pvc"}, {"site", "path"})
             site = r.name(loc["site"], f"{lp}.site")
             if known_sites is not None and site not in known_sites:
                 r.fail(f"{lp}.site", f"a site of the catalogue {sorted(known_sites)}", site)
             path = r.string(loc["path"], f"{lp}.path")
             if not path.startswith("/"):
                 r.fail(f"{lp}.path", "an absolute path on the site", path)
-            locations.append(DatasetLocation(site, path))
+            pvc = loc.get("pvc", "")
+            if pvc != "":
+                if not isinstance(pvc, str) or not _CLAIM_RE.match(pvc):
+                    r.fail(f"{lp}.pvc", "a PersistentVolumeClaim name (lower-case letters, digits, '-' and '.')", pvc)
+                kind = (site_kinds or {}).get(site)
+                if kind is not None and kind != "kubernetes":
+                    r.fail(f"{lp}.pvc", f"no pvc: site {site} is a {kind} site (pvc is for Kubernetes sites; "
+                                        f"the path alone names the data there)", pvc)
+            locations.append(DatasetLocation(site, path, pvc))
         pol = r.mapping(d["policy"], f"{p}.policy", {"allowed_groups", "purposes", "may_leave_site"},
                         {"allowed_groups"})
         groups = pol["allowed_groups"]

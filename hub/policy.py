@@ -192,7 +192,8 @@ def policy_from_dict(doc: Any, source: str = "<policy>", catalogue=None) -> Poli
     default = Policy.default
     if "default" in doc:
         default = _grant(r, doc["default"], "default", site_names, gpu_types)
-    datasets = parse_datasets(doc.get("datasets"), r, site_names)
+    site_kinds = {s.name: s.kind for s in catalogue.sites} if catalogue is not None else None
+    datasets = parse_datasets(doc.get("datasets"), r, site_names, site_kinds)
     known = {d.name for d in datasets}
     for name, grant in groups.items():
         for d in grant.datasets:
@@ -201,7 +202,41 @@ def policy_from_dict(doc: Any, source: str = "<policy>", catalogue=None) -> Poli
     for d in default.datasets:
         if d not in known:
             r.fail("default.datasets", f"dataset names among {sorted(known)}", d)
+    if catalogue is not None:
+        check_site_datasets(r, datasets, catalogue)
     return Policy(groups=groups, default=default, datasets=datasets, source=source)
+
+
+def check_site_datasets(r: _Reader, datasets: tuple[Dataset, ...], catalogue) -> None:
+    """The policy's dataset locations are authoritative (they carry paths and usage policies);
+    a catalogue site that lists `datasets` must list exactly the datasets located there.
+    A site that lists none takes them from the policy (`datasets_at`)."""
+    where = {d.name: i for i, d in enumerate(datasets)}
+    for i, site in enumerate(catalogue.sites):
+        if not site.datasets:
+            continue
+        listed = f"{catalogue.source} sites[{i}].datasets"
+        for name in site.datasets:
+            if name not in where:
+                r.fail("datasets", f"a dataset named {name!r}, which {listed} lists at site {site.name} "
+                                   f"(datasets here: {sorted(where)})", show_got=False)
+            d = datasets[where[name]]
+            if site.name not in d.sites:
+                r.fail(f"datasets[{where[name]}].locations",
+                       f"a location at site {site.name}, where {listed} lists {name}", list(d.sites))
+        for d in datasets:
+            if site.name in d.sites and d.name not in site.datasets:
+                j = d.sites.index(site.name)
+                r.fail(f"datasets[{where[d.name]}].locations[{j}].site",
+                       f"a site whose catalogue entry lists {d.name} ({listed} is {list(site.datasets)}; "
+                       f"add {d.name} there or leave that list empty to take it from the policy)", site.name)
+
+
+def datasets_at(policy: "Policy | None", site) -> tuple[str, ...]:
+    """The datasets a catalogue site holds: its own `datasets` list, else the policy's locations."""
+    if site.datasets or policy is None:
+        return tuple(site.datasets)
+    return tuple(d.name for d in policy.datasets if site.name in d.sites)
 
 
 def load_policy(path: str | Path, catalogue=None) -> Policy:

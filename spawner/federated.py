@@ -23,6 +23,7 @@ from traitlets import Dict, Integer, List, Unicode, default, observe
 from fedhub.hub.catalogue import CatalogueError
 from fedhub.hub.policy import QuotaError, cached_policy, check_gpu_quota
 
+from .backends.base import merged_overrides
 from .federation import Federation
 from .form import (PolicyRefusal, RequestError, form_to_options, parse_request, parse_time_limit, render_form,
                    time_limits_for)
@@ -141,15 +142,23 @@ class FederatedSpawner(Spawner):
         except QuotaError as e:
             raise web.HTTPError(403, f"Refused: {e}")
 
-    def dataset_environment(self, site: str, req: SessionRequest) -> dict:
-        """FEDHUB_DATASETS (JSON name -> path) and FEDHUB_DATASET_<NAME>: the datasets on `site`
-        this user may use interactively (those asked for, else all of them), nothing else."""
+    def granted_datasets(self, site: str, req: SessionRequest) -> dict | None:
+        """name -> location on `site` of the datasets this user may use interactively there (those
+        asked for, else all of them); None without a policy (then fedhub manages no datasets)."""
         policy = self.policy
         if policy is None:
-            return {}
+            return None
         usable = {d.name: d for d in policy.usable_datasets(self.user_groups, "interactive", site)}
         names = [n for n in req.datasets if n in usable] if req.datasets else list(usable)
-        paths = {n: usable[n].path_at(site) for n in names}
+        return {n: usable[n].location_at(site) for n in names}
+
+    def dataset_environment(self, site: str, req: SessionRequest) -> dict:
+        """FEDHUB_DATASETS (JSON name -> path) and FEDHUB_DATASET_<NAME>: the granted datasets
+        (granted_datasets) where the session sees them, nothing else."""
+        granted = self.granted_datasets(site, req)
+        if granted is None:
+            return {}
+        paths = self.federation.backends[site].dataset_paths(granted)
         env = {"FEDHUB_DATASETS": json.dumps(paths)}
         for n, path in paths.items():
             env["FEDHUB_DATASET_" + n.upper().replace("-", "_")] = path
@@ -222,6 +231,9 @@ class FederatedSpawner(Spawner):
         if req.session_type == "vscode":  # code-server through jupyter-server-proxy (server_ext/vscode.py)
             overrides.setdefault("default_url", "/vscode/")
         env = {**self.environment, **overrides.pop("environment", {}), **self.dataset_environment(alloc.site, req)}
+        granted = self.granted_datasets(alloc.site, req)
+        if granted is not None:  # links or volumes for exactly the granted datasets
+            overrides = merged_overrides(overrides, backend.dataset_overrides(granted))
         child = backend.spawner_class()(
             user=self.user, orm_spawner=self.orm_spawner, hub=self.hub,
             authenticator=self.authenticator, config=self.config, proxy_spec=self.proxy_spec,
@@ -385,6 +397,8 @@ class FederatedSpawner(Spawner):
                 "allocation": self.allocation.to_dict(),
                 "request": self.request.to_dict() if self.request else None,
                 "child": self.child.get_state(),
+                # the group its GPUs count against, so group quotas still hold after a hub restart
+                "charged_group": self.federation.sessions.get(self._key, (None, {}))[1].get("charged_group", ""),
                 "time_limit_hours": self.time_limit_hours,
             }
         return state
@@ -402,7 +416,8 @@ class FederatedSpawner(Spawner):
             self.log.warning("%s: saved site %s is no longer in the catalogue", self._log_name, alloc.site)
             return
         restored = fed.restore(self._key, alloc, {**self._session_info(req, "reconnected after hub restart"),
-                                                  "status": "running"})
+                                                  "status": "running",
+                                                  "charged_group": saved.get("charged_group", "")})
         self.request, self.allocation = req, restored or alloc
         self.child = self._make_child(self.allocation, req)
         self.child.load_state(saved.get("child") or {})

@@ -140,6 +140,34 @@ async def test_kubespawner_builds_a_valid_pod_from_the_backend_overrides(fake_cl
     validate(to_dict(spawner.get_pvc_manifest()))
 
 
+async def test_kubespawner_mounts_granted_datasets_read_only_beside_the_home(fake_cluster):
+    from fedhub.hub.datasets import DatasetLocation
+    from fedhub.spawner.backends.base import merged_overrides
+    backend = KubernetesBackend(catalogue(site_doc({"storage": "20Gi"})).sites[0])
+    alloc = Allocation("k8s-gpu", "gpu-a100-2", 1.0, 2 * G)
+    granted = {"digits": DatasetLocation("k8s-gpu", "/srv/digits"),
+               "scans": DatasetLocation("k8s-gpu", "/2026", pvc="scans-claim")}
+    # as FederatedSpawner does: the backend's own volumes (the home) plus the datasets'
+    overrides = merged_overrides(backend.spawner_overrides(alloc, SessionRequest()), backend.dataset_overrides(granted))
+    env = overrides.pop("environment")
+    spawner = KubeSiteSpawner(
+        user=SimpleNamespace(name="alice", id=1, url="/user/alice/"), environment=env,
+        hub=SimpleNamespace(public_host="", url="http://hub:8081/hub/", base_url="/",
+                            api_url="http://hub:8081/hub/api"), **overrides)
+    pod = to_dict(await spawner.get_pod_manifest())
+    validate(pod)
+    volumes = {v["name"]: v for v in pod["spec"]["volumes"]}
+    mounts = {m["name"]: m for m in pod["spec"]["containers"][0]["volumeMounts"]}
+    assert volumes["home"]["persistentVolumeClaim"]["claimName"] == spawner.pvc_name
+    assert volumes["dataset-digits"]["hostPath"] == {"path": "/srv/digits", "type": "Directory"}
+    assert volumes["dataset-scans"]["persistentVolumeClaim"] == {"claimName": "scans-claim", "readOnly": True}
+    assert mounts["dataset-digits"]["mountPath"] == "/home/jovyan/datasets/digits" and mounts["dataset-digits"]["readOnly"]
+    assert mounts["dataset-scans"]["subPath"] == "2026" and mounts["dataset-scans"]["readOnly"]
+    # the session is told where it sees them: the mount, not the node's path
+    assert backend.dataset_paths(granted) == {"digits": "/home/jovyan/datasets/digits",
+                                              "scans": "/home/jovyan/datasets/scans"}
+
+
 # ---------------------------------------------------------------- inventory
 
 

@@ -191,6 +191,52 @@ def test_invalid_policies_name_file_key_and_expectation(doc, message):
     assert str(e.value).startswith(message), str(e.value)
 
 
+def _cat_with_site_datasets(a: list[str], b: list[str] | None = None):
+    return catalogue_from_dict({"sites": [
+        {"name": "local-a", "kind": "local", "cpus": 4, "memory": "8G", "datasets": a},
+        {"name": "local-b", "kind": "local", "cpus": 4, "memory": "8G", "datasets": b or []},
+        {"name": "k8s", "kind": "kubernetes"}]}, "sites.yaml")
+
+
+def _ds(name, *sites, **extra):
+    return {"name": name, "locations": [{"site": s, "path": f"/data/{name}", **extra} for s in sites],
+            "policy": {"allowed_groups": ["*"]}}
+
+
+@pytest.mark.parametrize("site_datasets, datasets, message", [
+    (["digits"], [], "policy.yaml: datasets: expected a dataset named 'digits', which sites.yaml "
+                     "sites[0].datasets lists at site local-a (datasets here: [])"),
+    (["digits"], [_ds("digits", "local-b")],
+     "policy.yaml: datasets[0].locations: expected a location at site local-a, where sites.yaml "
+     "sites[0].datasets lists digits, got ['local-b']"),
+    (["digits"], [_ds("digits", "local-a"), _ds("scans", "local-b", "local-a")],
+     "policy.yaml: datasets[1].locations[1].site: expected a site whose catalogue entry lists scans "
+     "(sites.yaml sites[0].datasets is ['digits']; add scans there or leave that list empty to take it "
+     "from the policy), got 'local-a'"),
+    ([], [_ds("d", "local-a", pvc="Bad_Claim")],
+     "policy.yaml: datasets[0].locations[0].pvc: expected a PersistentVolumeClaim name"),
+    ([], [_ds("d", "local-a", pvc="claim")],
+     "policy.yaml: datasets[0].locations[0].pvc: expected no pvc: site local-a is a local site"),
+])
+def test_dataset_locations_and_the_catalogues_site_datasets_must_agree(site_datasets, datasets, message):
+    with pytest.raises(PolicyError) as e:
+        policy_from_dict({"datasets": datasets}, "policy.yaml", _cat_with_site_datasets(site_datasets))
+    assert str(e.value).startswith(message), str(e.value)
+
+
+def test_the_policy_is_authoritative_and_fills_sites_that_list_no_datasets():
+    from fedhub.hub.policy import datasets_at
+    cat = _cat_with_site_datasets(["digits"])
+    p = policy_from_dict({"datasets": [_ds("digits", "local-a", "local-b"), _ds("scans", "k8s", pvc="scans")]},
+                         "policy.yaml", cat)
+    assert datasets_at(p, cat.site("local-a")) == ("digits",)     # the catalogue's own list, which agrees
+    assert datasets_at(p, cat.site("local-b")) == ("digits",)     # none listed: from the policy
+    assert datasets_at(p, cat.site("k8s")) == ("scans",)
+    assert datasets_at(None, cat.site("local-b")) == ()
+    assert p.dataset("scans").location_at("k8s").pvc == "scans"
+    assert p.dataset("scans").jsonld()["dcat:distribution"][0]["dcat:accessURL"] == "pvc://scans/data/scans"
+
+
 def test_policy_file_loading(tmp_path):
     path = tmp_path / "policy.yaml"
     path.write_text(POLICY_YAML)

@@ -16,9 +16,21 @@ from fedhub.hub.catalogue import Site
 from ..inventory import Allocation, SiteInventory
 
 if TYPE_CHECKING:  # pragma: no cover
+    from typing import Mapping
+
     from jupyterhub.spawner import Spawner
 
+    from fedhub.hub.datasets import DatasetLocation
+
     from ..placement import SessionRequest
+
+
+def merged_overrides(overrides: dict, extra: dict) -> dict:
+    """`overrides` plus `extra`; list values (volumes, mounts) are added to, not replaced."""
+    out = dict(overrides)
+    for key, value in extra.items():
+        out[key] = [*out.get(key, []), *value] if isinstance(value, list) else value
+    return out
 
 
 class SiteOptionError(ValueError):
@@ -64,6 +76,16 @@ class SiteBackend:
             "FEDHUB_GPUS": str(len(allocation.gpu_ids)),
         }
         return env
+
+    def dataset_overrides(self, datasets: "Mapping[str, DatasetLocation]") -> dict:
+        """Trait values that make exactly these datasets (name -> location here) reachable in the
+        session, and no other (local, Slurm: ~/datasets links; Kubernetes: read-only volumes).
+        List values are added to the backend's own lists (volumes...)."""
+        return {}
+
+    def dataset_paths(self, datasets: "Mapping[str, DatasetLocation]") -> dict[str, str]:
+        """Where the session sees each dataset (FEDHUB_DATASET_<NAME>): the site's path by default."""
+        return {name: loc.path for name, loc in datasets.items()}
 
     def note_starting(self, allocation: Allocation) -> None:
         """A fedhub session was placed here and is starting (the site may not count it yet)."""

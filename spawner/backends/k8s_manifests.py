@@ -10,7 +10,8 @@ gets. No cluster, no API client, no event loop.
 
 from __future__ import annotations
 
-from typing import Any, Iterable
+import hashlib
+from typing import Any, Iterable, Mapping
 
 from kubernetes_asyncio.client import ApiClient
 from kubespawner.objects import make_owner_reference, make_pod, make_pvc, make_service
@@ -23,6 +24,7 @@ DEFAULT_HOME = "/home/jovyan"
 SITE_LABEL = "fedhub.io/site"
 ALLOCATION_LABEL = "fedhub.io/allocation"  # ties a pod to the reservation it was started for
 HOME_VOLUME = "home"
+DATASETS_FOLDER = "datasets"  # granted datasets appear read-only at <home>/datasets/<name>
 
 
 class _Serializer(ApiClient):
@@ -80,6 +82,38 @@ def session_traits(*, cpus: float, memory: int, gpus: int = 0, gpu_product: str 
     return traits
 
 
+def dataset_mount_path(name: str, home: str = DEFAULT_HOME) -> str:
+    return f"{home.rstrip('/')}/{DATASETS_FOLDER}/{name}"
+
+
+def _volume_name(dataset: str) -> str:
+    name = f"dataset-{dataset}"
+    if len(name) > 63:  # a volume name is a DNS label
+        name = f"dataset-{dataset[:45]}-{hashlib.sha256(dataset.encode()).hexdigest()[:8]}"
+    return name
+
+
+def dataset_volumes(datasets: Mapping[str, Any], home: str = DEFAULT_HOME) -> tuple[list[dict], list[dict]]:
+    """(volumes, volumeMounts) giving a session exactly these datasets (name -> DatasetLocation
+    at this site), read-only at <home>/datasets/<name>.
+
+    A location with `pvc` mounts that claim (read-only; `path` is the folder inside it, `/`
+    for all of it); otherwise `path` is a folder on the node (hostPath, which must exist).
+    """
+    volumes, mounts = [], []
+    for name, loc in sorted(datasets.items()):
+        vol = _volume_name(name)
+        mount = {"name": vol, "mountPath": dataset_mount_path(name, home), "readOnly": True}
+        if loc.pvc:
+            volumes.append({"name": vol, "persistentVolumeClaim": {"claimName": loc.pvc, "readOnly": True}})
+            if loc.path.strip("/"):
+                mount["subPath"] = loc.path.strip("/")
+        else:
+            volumes.append({"name": vol, "hostPath": {"path": loc.path, "type": "Directory"}})
+        mounts.append(mount)
+    return volumes, mounts
+
+
 def _with_pvc_name(items: list[dict], pvc_name: str) -> list[dict]:
     out = []
     for item in items:
@@ -96,14 +130,17 @@ def pod_manifest(*, name: str, image: str = DEFAULT_IMAGE, cpus: float, memory: 
                  tolerations: Iterable[dict] | None = None, node_selector: dict | None = None,
                  storage: str = "", storage_class: str = "", pvc_name: str = "",
                  env: dict | None = None, cmd: list[str] | None = None, port: int = 8888,
-                 labels: dict | None = None, home: str = DEFAULT_HOME, prefer_node: str = "") -> dict:
-    """The session pod, built as KubeSpawner.get_pod_manifest() builds it from the same traits."""
+                 labels: dict | None = None, home: str = DEFAULT_HOME, prefer_node: str = "",
+                 datasets: Mapping[str, Any] | None = None) -> dict:
+    """The session pod, built as KubeSpawner.get_pod_manifest() builds it from the same traits
+    (`datasets`: name -> DatasetLocation granted to the session, see dataset_volumes)."""
     t = session_traits(cpus=cpus, memory=memory, gpus=gpus, gpu_product=gpu_product,
                        gpu_product_label=gpu_product_label, tolerations=tolerations,
                        node_selector=node_selector, storage=storage, storage_class=storage_class, home=home,
                        prefer_node=prefer_node)
     if storage and not pvc_name:
         raise ValueError("a session with storage needs the name of its claim (pvc_name)")
+    data_volumes, data_mounts = dataset_volumes(datasets or {}, home)
     pod = make_pod(
         name=name, cmd=list(cmd) if cmd else None, port=port, image=image, env=env or {},
         labels=dict(labels or {}), node_selector=t["node_selector"] or None,
@@ -112,8 +149,8 @@ def pod_manifest(*, name: str, image: str = DEFAULT_IMAGE, cpus: float, memory: 
         mem_guarantee=t["mem_guarantee"], mem_limit=t["mem_limit"],
         extra_resource_limits=t["extra_resource_limits"] or None,
         node_affinity_preferred=t["node_affinity_preferred"] or None,
-        volumes=_with_pvc_name(t.get("volumes", []), pvc_name),
-        volume_mounts=t.get("volume_mounts", []),
+        volumes=_with_pvc_name(t.get("volumes", []), pvc_name) + data_volumes,
+        volume_mounts=t.get("volume_mounts", []) + data_mounts,
     )
     return to_dict(pod)
 

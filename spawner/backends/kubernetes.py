@@ -45,7 +45,8 @@ from ..inventory import Allocation
 from .base import SiteBackend, SiteOptionError
 from .k8s_inventory import KubeSiteInventory, inventory_from, placed_allocation_tokens
 from .k8s_manifests import (ALLOCATION_LABEL, DEFAULT_GPU_PRODUCT_LABEL, DEFAULT_GPU_TOLERATIONS,
-                            DEFAULT_IMAGE, SITE_LABEL, session_traits)
+                            DEFAULT_HOME, DEFAULT_IMAGE, SITE_LABEL, dataset_mount_path, dataset_volumes,
+                            session_traits)
 from .k8s_watch import WAITING, CLUSTERS, ClusterWatch, bound_to, cluster_watch
 
 _DNS_LABEL = re.compile(r"^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$")
@@ -320,3 +321,10 @@ class KubernetesBackend(SiteBackend):
         if o.hub_connect_url:
             overrides["hub_connect_url"] = o.hub_connect_url
         return overrides
+
+    def dataset_overrides(self, datasets) -> dict:
+        volumes, mounts = dataset_volumes(datasets, DEFAULT_HOME)
+        return {"volumes": volumes, "volume_mounts": mounts}
+
+    def dataset_paths(self, datasets) -> dict[str, str]:
+        return {name: dataset_mount_path(name, DEFAULT_HOME) for name in datasets}

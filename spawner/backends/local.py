@@ -10,10 +10,11 @@ from __future__ import annotations
 
 import psutil
 from jupyterhub.spawner import SimpleLocalProcessSpawner
-from traitlets import Unicode
+from traitlets import Dict, Unicode
 
 from ..inventory import Node, SiteInventory
 from .base import SiteBackend
+from .dataset_links import session_command
 
 
 class LocalSiteSpawner(SimpleLocalProcessSpawner):
@@ -27,6 +28,22 @@ class LocalSiteSpawner(SimpleLocalProcessSpawner):
         "/tmp/fedhub-homes/{username}", config=True,
         help="Home directory of a user's local sessions; {username} is expanded.",
     )
+    dataset_links = Dict(
+        default_value=None, allow_none=True,
+        help="Datasets this session may use (name -> path): ~/datasets/<name> links made at start, "
+             "links to any other dataset removed. None (no policy): ~/datasets is left alone. "
+             "Set by FederatedSpawner from the governance policy.",
+    )
+
+    async def start(self):
+        if self.dataset_links is None:
+            return await super().start()
+        base = list(self.cmd)
+        self.cmd = session_command(base, self.dataset_links)
+        try:
+            return await super().start()
+        finally:
+            self.cmd = base
 
     async def _signal(self, sig):
         try:
@@ -58,3 +75,6 @@ class LocalBackend(SiteBackend):
             "cpu_limit": allocation.cpus,
             "mem_limit": allocation.memory,
         }
+
+    def dataset_overrides(self, datasets):
+        return {"dataset_links": {name: loc.path for name, loc in datasets.items()}}

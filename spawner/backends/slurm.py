@@ -23,14 +23,16 @@ import asyncio
 import math
 import os
 import re
+import shlex
 import socket
 from dataclasses import dataclass, field
 
 from batchspawner import MultiSlurmSpawner
-from traitlets import Unicode, default
+from traitlets import Dict, Unicode, default
 
 from ..inventory import Allocation, Node, SiteInventory
 from .base import SiteBackend, SiteOptionError
+from .dataset_links import LINKS_FOLDER, link_script
 
 REST_OPTIONS = {"rest_url", "rest_user", "jwt_file", "jwt_env"}
 OPTIONS = {"slurm_conf", "partition", "account", "qos", "runtime", "hosts", "poll_interval",
@@ -123,6 +125,13 @@ def pending_reason(job_status: str) -> str:
     return parts[1] if len(parts) >= 2 else ""
 
 
+def batch_prologue(datasets: dict[str, str], homedir: str, prologue: str = "") -> str:
+    """The batch script's prologue: the dataset links in the session's home (on the node that
+    holds the data), then the site's own prologue."""
+    links = link_script(datasets, shlex.quote(f"{homedir.rstrip('/')}/{LINKS_FOLDER}"))
+    return links + (prologue or "")
+
+
 # ---------------------------------------------------------------- spawner
 
 
@@ -142,6 +151,18 @@ class SlurmSiteSpawner(MultiSlurmSpawner):
     req_account = Unicode("", config=True, help="--account for session jobs.")
     fedhub_site = Unicode("", help="The catalogue site this spawner submits to (set by the backend).")
     slurm_conf = Unicode("", help="slurm.conf of the site's cluster (set by the backend).")
+    dataset_links = Dict(
+        default_value=None, allow_none=True,
+        help="Datasets this session may use (name -> path on the site): the batch script links them as "
+             "~/datasets/<name> on the node and removes links to any other. None (no policy): ~/datasets "
+             "is left alone. Set by FederatedSpawner from the governance policy.")
+
+    def get_req_subvars(self):
+        subvars = super().get_req_subvars()
+        if self.dataset_links is not None:
+            subvars["prologue"] = batch_prologue(self.dataset_links, subvars.get("homedir", ""),
+                                                 subvars.get("prologue", ""))
+        return subvars
 
     async def run_command(self, cmd, input=None, env=None):
         # every sbatch/squeue/scancel must talk to this site's cluster, not the default one
@@ -391,3 +412,6 @@ class SlurmBackend(SiteBackend):
             "req_gres": gres,
             "daemon_resolver": dict(o.get("hosts", {})),
         }
+
+    def dataset_overrides(self, datasets):
+        return {"dataset_links": {name: loc.path for name, loc in datasets.items()}}
