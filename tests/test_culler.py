@@ -162,3 +162,55 @@ def test_fedhub_up_refuses_a_negative_cull_idle(tmp_path):
     out = subprocess.run([sys.executable, "-m", "fedhub.server_ext.cli", "up", "--dry-run", "--cull-idle", "-5",
                           "--data-dir", str(tmp_path)], capture_output=True, text=True, timeout=120)
     assert out.returncode != 0 and "--cull-idle: expected seconds >= 0" in out.stderr + out.stdout
+
+
+PTY_HOST_STAND_IN = r"""
+import os, pty, subprocess, sys, time
+# named like VS Code's pty host (argv carries --type=ptyHost); its own helper has no terminal
+helper = subprocess.Popen(["sleep", "60"])
+pid, fd = pty.fork()
+if pid == 0:
+    if sys.argv[1] == "busy":
+        os.execvp("bash", ["bash", "--norc", "--noprofile", "-c", "sleep 60; true"])
+    os.execvp("bash", ["bash", "--norc", "--noprofile", "-i"])
+time.sleep(60)
+"""
+
+
+def test_code_server_terminals_count_work_under_each_shell_not_the_machinery():
+    """A stand-in for code-server's pty host (real processes: a Python process carrying VS Code's
+    --type=ptyHost flag, a shell on a real pty, and a helper without a terminal as VS Code's
+    cpuUsage.sh poller): a shell running a command counts its processes, a shell at its prompt
+    counts 0, the helper is not a terminal. The real code-server: test_vscode.py's browser test."""
+    import os
+    import subprocess
+    import sys
+    import time
+
+    from fedhub.server_ext.activity import code_server_terminals
+
+    hosts = {mode: subprocess.Popen([sys.executable, "-c", PTY_HOST_STAND_IN, mode, "--type=ptyHost"],
+                                    start_new_session=True)  # no controlling terminal, as under a hub
+             for mode in ("busy", "idle")}
+    try:
+        deadline = time.monotonic() + 20
+        while time.monotonic() < deadline:
+            found = code_server_terminals()
+            by_host = {mode: [t for t in found if psutil_parent(t["pid"]) == p.pid] for mode, p in hosts.items()}
+            if len(by_host["busy"]) == 1 and by_host["busy"][0]["processes"] == 1 and len(by_host["idle"]) == 1:
+                break
+            time.sleep(0.2)
+        assert [t["processes"] for t in by_host["busy"]] == [1], found  # `sleep 60` under the shell
+        assert [t["processes"] for t in by_host["idle"]] == [0], found  # a prompt is not work
+    finally:
+        for p in hosts.values():
+            os.killpg(p.pid, 9)
+            p.wait()
+
+
+def psutil_parent(pid: int) -> int | None:
+    import psutil
+    try:
+        return psutil.Process(pid).ppid()
+    except psutil.Error:
+        return None

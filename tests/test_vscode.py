@@ -102,17 +102,32 @@ def test_vscode_session_through_the_hub(hub_factory, tmp_path):
     hub.stop_server("vs-ann")
 
 
+def wait_for_activity(hub, token: str, done, timeout: float = 30) -> dict:
+    """The session's /fedhub/api/activity (what the culler asks) once ``done(answer)`` holds."""
+    deadline = time.monotonic() + timeout
+    while True:
+        answer = requests.get(f"{hub.url}/user/vs-bea/fedhub/api/activity", timeout=10,
+                              headers={"Authorization": f"token {token}"}).json()
+        if done(answer) or time.monotonic() > deadline:
+            return answer
+        time.sleep(0.3)
+
+
 def test_browser_opens_vscode_with_editor_and_terminal(hub_factory):
     """Chromium logs in, picks VS Code in the spawn form, and lands in code-server through the
-    hub: the workbench and the Explorer of the home show, and a terminal opens."""
+    hub: the workbench and the Explorer of the home show, and a terminal opens. A command running
+    in that terminal keeps the culler away; code-server idling at a prompt does not."""
     from browser_helpers import SHOTS, launch_chromium, log_in
     from playwright.sync_api import expect, sync_playwright
+
+    from conftest import ADMIN_TOKEN
+    from fedhub.hub.culler import cull_once
 
     hub = hub_factory()
     cfg = hub.data_dir / "jupyterhub_config.py"
     cfg.write_text(cfg.read_text() + '\nc.FederatedSpawner.session_types = ["jupyterlab", "vscode"]\n')
     hub.start()
-    hub.create_user("vs-bea")
+    token = hub.create_user("vs-bea")
     with sync_playwright() as p:
         browser = launch_chromium(p)
         try:
@@ -135,5 +150,19 @@ def test_browser_opens_vscode_with_editor_and_terminal(hub_factory):
                 time.sleep(3)
             assert "usage: fedhub" in (home / "cli.txt").read_text()
             page.screenshot(path=str(SHOTS / "vscode-session.png"))
+
+            # a long command in code-server's terminal makes the session busy: the culler spares it
+            page.keyboard.type("sleep 600\n")
+            activity = wait_for_activity(hub, token, lambda a: a["terminal_processes"] >= 1)
+            assert [t["processes"] for t in activity["vscode_terminals"]] == [1], activity
+            decisions = cull_once(hub.url, ADMIN_TOKEN, idle_timeout=0, now=time.time() + 3600)
+            assert decisions["vs-bea/"].cull is False and "terminals" in decisions["vs-bea/"].reason
+            # back at the prompt, code-server's own processes (extension host, file watcher, pty
+            # host, the idle shell) are not work: the idle session is culled
+            page.keyboard.press("Control+c")
+            activity = wait_for_activity(hub, token, lambda a: a["terminal_processes"] == 0)
+            assert len(activity["vscode_terminals"]) == 1, activity  # the shell is still there
+            decisions = cull_once(hub.url, ADMIN_TOKEN, idle_timeout=0, now=time.time() + 3600)
+            assert decisions["vs-bea/"].cull is True, decisions
         finally:
             browser.close()
