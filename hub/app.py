@@ -127,6 +127,13 @@ class FedhubUp(Application):
         help="Where MLflow keeps artifacts, e.g. s3://bucket/prefix (credentials from $AWS_ACCESS_KEY_ID, "
              "$AWS_SECRET_ACCESS_KEY, and $MLFLOW_S3_ENDPOINT_URL for an S3-compatible store). "
              "Default: a folder in the data dir.")
+    model_repository = Unicode(
+        "", config=True,
+        help="Where the embedded inference server's Triton model repository lives: a folder, or an "
+             "S3-compatible store in Triton's forms s3://bucket/prefix, s3://host:port/bucket/prefix or "
+             "s3://https://host:port/bucket/prefix (keys from $AWS_ACCESS_KEY_ID and $AWS_SECRET_ACCESS_KEY, "
+             "endpoint also from $FEDHUB_S3_ENDPOINT_URL or $AWS_ENDPOINT_URL; never in a file). "
+             "Default: the models folder in the data dir.")
 
     aliases = {
         "ip": "FedhubUp.ip", "port": "FedhubUp.port", "data-dir": "FedhubUp.data_dir",
@@ -136,7 +143,7 @@ class FedhubUp(Application):
         "landing-notebook": "FedhubUp.landing_notebook", "seats": "FedhubUp.seats", "seat-cpus": "FedhubUp.seat_cpus", "seat-memory": "FedhubUp.seat_memory",
         "cull-idle": "FedhubUp.cull_idle",
         "db-url": "FedhubUp.db_url", "mlflow-db-url": "FedhubUp.mlflow_db_url",
-        "artifacts-uri": "FedhubUp.artifacts_uri",
+        "artifacts-uri": "FedhubUp.artifacts_uri", "model-repository": "FedhubUp.model_repository",
     }
     flags = {
         "no-mlflow": ({"FedhubUp": {"mlflow": False}}, "Do not run MLflow."),
@@ -169,6 +176,7 @@ class FedhubUp(Application):
         elif not self.catalogue_file and not catalogue.exists():
             catalogue.write_text(DEFAULT_CATALOGUE_YAML)
         check_database_urls({"--db-url": self.db_url, "--mlflow-db-url": self.mlflow_db_url})
+        model_repository = self._model_repository()
         cat = catalogue_from_dict(read_yaml(catalogue), catalogue.name)  # raises CatalogueError
         policy = Path(self.policy_file).resolve() if self.policy_file else data / "policy.yaml"
         if self.policy_file or policy.exists():
@@ -214,10 +222,27 @@ class FedhubUp(Application):
             "extra_configs": [str(Path(p).resolve()) for p in extra], "start_timeout": self.start_timeout,
             "policy_file": str(policy) if policy.exists() else "", "oidc": oidc,
             "db_url": sqlalchemy_url(self.db_url), "mlflow_db_url": sqlalchemy_url(self.mlflow_db_url), "artifacts_uri": self.artifacts_uri,
+            "model_repository": model_repository,
         }
         (data / "fedhub-up.json").write_text(json.dumps(settings, indent=1))
         (data / "fedhub-up.json").chmod(0o600)
         return settings
+
+    def _model_repository(self) -> str:
+        """--model-repository checked now (a bad one is named before anything starts)."""
+        if not self.model_repository:
+            return ""
+        from .deploy.s3repo import S3RepositoryError, is_s3_uri, parse_s3_uri
+        if is_s3_uri(self.model_repository):
+            try:
+                parse_s3_uri(self.model_repository, setting="--model-repository")
+            except S3RepositoryError as e:
+                raise ValueError(str(e)) from None
+            return self.model_repository
+        if "://" in self.model_repository:
+            raise ValueError(f"--model-repository: expected a folder or s3://bucket/prefix, got "
+                             f"{self.model_repository!r}")
+        return str(Path(self.model_repository).resolve())
 
     def banner(self, s: dict) -> str:
         url = f"http://{'127.0.0.1' if s['ip'] in ('', '0.0.0.0') else s['ip']}:{s['port']}/"

@@ -134,9 +134,12 @@ def configure(c, s: dict) -> None:
             "url": f"http://127.0.0.1:{ports['inference']}",
             "command": [python, "-m", "fedhub.hub.deploy.gate", "--port", str(ports["inference"]),
                         "--http-port", str(ports["inference_http"]), "--grpc-port", str(ports["inference_grpc"]),
-                        "--model-repository", str(data / "models")],
+                        "--model-repository", s.get("model_repository") or str(data / "models")],
             "oauth_no_confirm": True,
+            # an s3:// model repository: keys and endpoint from the hub's environment, never a file
+            "environment": model_repository_env(s),
         })
+    services[0]["environment"].update(model_repository_env(s))
     services[0].setdefault("environment", {})["FEDHUB_FEDERATION_SETTINGS"] = json.dumps(federation_settings(s))
     if s.get("cull_idle"):
         # the culler runs in the API service: it lists ready servers and asks each what runs in it
@@ -145,6 +148,15 @@ def configure(c, s: dict) -> None:
         service_role = next(r for r in c.JupyterHub.load_roles if r["name"] == "fedhub-service")
         service_role["scopes"] += ["list:users", "read:users", "admin:server_state", "access:servers"]
     c.JupyterHub.services = services
+
+
+def model_repository_env(s: dict) -> dict:
+    """The S3 variables the deployment manager and the inference server need, from the hub's
+    environment, when the model repository is in S3."""
+    from .deploy.s3repo import S3_ENV, is_s3_uri
+    if not is_s3_uri(s.get("model_repository", "")):
+        return {}
+    return {k: os.environ[k] for k in S3_ENV if k in os.environ}
 
 
 def deploy_settings(s: dict) -> dict:
@@ -156,6 +168,8 @@ def deploy_settings(s: dict) -> dict:
     return {
         "public_url": public_url,
         "models_dir": str(data / "models"),
+        # the embedded server's repository: "" (models_dir), another folder, or s3://...
+        "model_repository": s.get("model_repository", ""),
         # an .onnx file in a user's own workspace may be deployed by path
         "homes_dir": str(data / "homes"),
         "inference": inference,

@@ -101,7 +101,8 @@ def main(argv=None):
     parser.add_argument("--grpc-port", type=int, required=True, help="loopback gRPC port of the server")
     parser.add_argument("--model-repository", required=True, help="the Triton model repository served")
     args = parser.parse_args(argv)
-    os.makedirs(args.model_repository, exist_ok=True)
+    if not args.model_repository.startswith("s3://"):  # an S3 repository is the server's to read
+        os.makedirs(args.model_repository, exist_ok=True)
     prefix = os.environ.get("JUPYTERHUB_SERVICE_PREFIX", "/services/inference/")
     server = subprocess.Popen(server_command(args.model_repository, args.http_port, args.grpc_port),
                               start_new_session=True)

@@ -85,6 +85,8 @@ class DeploymentManager:
         self.settings = settings
         self.sites = sites  # () -> the inventory's sites (name, kind, up)
         self.models_dir = Path(settings.get("models_dir") or store.root / "models")
+        # the embedded server's repository: that folder, or s3://... (settings["model_repository"])
+        self.repository = targets.embedded_repository(settings.get("model_repository", ""), self.models_dir)
         self.server_url = f"http://{settings['inference_http']}" if settings.get("inference_http") else ""
         self.records = store.load_all()
         self.devices = store.load_devices()
@@ -334,7 +336,12 @@ class DeploymentManager:
         record["pending_version"] = None
         if record["kind"] == "embedded":
             # the files of a failed version never serve, not even after a restart
-            shutil.rmtree(self.models_dir / record["model_name"] / str(version), ignore_errors=True)
+            try:
+                await asyncio.get_running_loop().run_in_executor(
+                    self.executor, self.repository.discard_version, record["model_name"], version)
+            except Exception as err:
+                log.warning("deployment %s: version %s not removed from %s: %s", record["id"], version,
+                            self.repository, err)
             if record.get("current_version"):
                 await self._restore_embedded(record)
         record["status"] = "ready" if record.get("current_version") and record["kind"] != "site" else (
@@ -364,8 +371,7 @@ class DeploymentManager:
 
     async def _activate_embedded(self, record: dict, version: int, staged: Path | None) -> None:
         """Serve `version`: move its files into the repository, point the version policy at it, load."""
-        model_dir = self.models_dir / record["model_name"]
-        await self._step(record, "write", targets.write_embedded, staged, model_dir, version)
+        await self._step(record, "write", self.repository.write, staged, record["model_name"], version)
         await self._event(record, "load", "running")
         code, data = await self._server("POST", f"v2/repository/models/{record['model_name']}/load")
         if code != 200:
@@ -379,9 +385,9 @@ class DeploymentManager:
         await self._event(record, "ready", "done", f"serving {record['model_name']} version {version}")
 
     async def _restore_embedded(self, record: dict) -> None:
-        model_dir = self.models_dir / record["model_name"]
         try:
-            targets.set_served_version(model_dir, record["current_version"])
+            await asyncio.get_running_loop().run_in_executor(
+                self.executor, self.repository.select, record["model_name"], record["current_version"])
             await self._server("POST", f"v2/repository/models/{record['model_name']}/load")
         except Exception:
             log.exception("deployment %s: could not restore version %s", record["id"], record["current_version"])
@@ -432,13 +438,17 @@ class DeploymentManager:
             record["status"] = "undeploying"
             await self._event(record, "undeploy", "running")
             if record["kind"] == "embedded":
-                model_dir = self.models_dir / record["model_name"]
-                if model_dir.exists():
-                    code, data = await self._server("POST", f"v2/repository/models/{record['model_name']}/unload")
-                    if code not in (200, 404):
-                        log.warning("unload of %s: %s", record["model_name"], data)
+                code, data = await self._server("POST", f"v2/repository/models/{record['model_name']}/unload")
+                if code not in (200, 404):
+                    log.warning("unload of %s: %s", record["model_name"], data)
+                try:
                     await asyncio.get_running_loop().run_in_executor(
-                        self.executor, targets.remove_embedded, model_dir)
+                        self.executor, self.repository.remove, record["model_name"])
+                except Exception as e:  # e.g. the S3 store does not answer: say so, keep the record to retry
+                    record.update(status="failed", error=f"undeploy: {e}")
+                    await self._event(record, "undeploy", "failed", str(e))
+                    raise DeployError(502, f"Deployment {record['name']} is unloaded but its files could not "
+                                           f"be removed from {self.repository}: {e}; undeploy again to retry")
             shutil.rmtree(self.store.artifact_dir(deployment_id), ignore_errors=True)
             record["status"] = "undeployed"
             await self._event(record, "undeploy", "done")
@@ -469,8 +479,7 @@ class DeploymentManager:
         async with self._lock(deployment_id):
             try:
                 if record["kind"] == "embedded":
-                    await self._step(record, "write", targets.set_served_version,
-                                     self.models_dir / record["model_name"], version)
+                    await self._step(record, "write", self.repository.select, record["model_name"], version)
                     code, data = await self._server("POST", f"v2/repository/models/{record['model_name']}/load")
                     if code != 200:
                         raise StepFailed("rollback", data.get("error") or f"HTTP {code}")

@@ -4,6 +4,11 @@ Layout (Triton's): `ROOT/NAME/config.pbtxt` and `ROOT/NAME/VERSION/model.onnx` (
 Versions served follow the config's version_policy (default: the latest one). A model that
 fails to load is UNAVAILABLE with the reason in the repository index; other models keep
 serving, and a failed reload keeps the previously loaded versions.
+
+With `remote` (an S3 repository, fedhub.hub.deploy.s3repo), ROOT is a local cache: each load
+first copies the model's objects from the store into ROOT/NAME and checks the copy is
+complete; a store that fails (no bucket, access denied, endpoint down) fails that load with
+the reason, and loaded models keep serving.
 """
 
 from __future__ import annotations
@@ -11,6 +16,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import re
+import time
 from concurrent.futures import Executor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -20,6 +26,7 @@ from .batching import Scheduler
 from .inference import InferRequest, InferResponse, check_request, tensor_metadata
 from .model_config import (CONFIG_FILE, ONNX_BACKEND, ModelConfig, ModelConfigError, backend_of,
                            read_config, validate_config)
+from .s3repo import ModelNotInStore, S3RepositoryError
 from .tensors import InvalidArgument, NotFound, Unavailable
 
 log = logging.getLogger("fedhub.deploy")
@@ -68,20 +75,53 @@ def served_versions(config: ModelConfig, available: list[int]) -> list[int]:
 
 
 class ModelRepository:
-    def __init__(self, root: str | Path, executor: Executor):
+    def __init__(self, root: str | Path, executor: Executor, remote=None):
         self.root = Path(root)
         self.executor = executor
+        self.remote = remote  # an S3ModelRepository that ROOT caches, or None
         self.models: dict[str, ModelEntry] = {}
+        self._remote_names: list[str] = []
+        self._remote_listed = 0.0
+        self._listing = False
+        if remote is not None:
+            self.root.mkdir(parents=True, exist_ok=True)
         if not self.root.is_dir():
             raise ModelConfigError(f"model repository {self.root} is not a directory")
 
     # ------------------------------------------------------------------ discovery
     def model_names(self) -> list[str]:
+        if self.remote is not None:
+            self._refresh_remote_names()
+            return list(self._remote_names)
         return sorted(p.name for p in self.root.iterdir()
                       if p.is_dir() and MODEL_NAME.match(p.name) and not p.name.startswith("."))
 
+    def list_remote(self) -> list[str]:
+        """Blocking (a worker thread): list the store's models; keep the last good listing."""
+        try:
+            self._remote_names = self.remote.model_names()
+        except S3RepositoryError as exc:
+            log.error("model repository %s: %s", self.remote, exc)
+        finally:
+            self._remote_listed, self._listing = time.monotonic(), False
+        return list(self._remote_names)
+
+    def _refresh_remote_names(self) -> None:
+        # the event loop never waits on the store: a listing older than 2 s is renewed in a thread
+        if self._listing or time.monotonic() - self._remote_listed < 2:
+            return
+        try:
+            loop = asyncio.get_running_loop()
+        except RuntimeError:
+            return
+        self._listing = True
+        loop.run_in_executor(self.executor, self.list_remote)
+
     def _model_dir(self, name: str) -> Path:
         path = self.root / name
+        if self.remote is not None and MODEL_NAME.match(name) and (
+                name in self._remote_names or name in self.models):
+            return path  # in the store; copied on load
         if not MODEL_NAME.match(name) or not path.is_dir():
             raise NotFound(f"failed to load '{name}', failed to poll from model repository: "
                            f"no model directory '{name}' in the repository")
@@ -103,7 +143,9 @@ class ModelRepository:
 
     # ------------------------------------------------------------------ load / unload
     async def load_all(self) -> None:
-        for name in self.model_names():
+        names = self.model_names() if self.remote is None else \
+            await asyncio.get_running_loop().run_in_executor(self.executor, self.list_remote)
+        for name in names:
             try:
                 await self.load(name)
             except (ModelConfigError, InvalidArgument, NotFound) as exc:
@@ -111,16 +153,26 @@ class ModelRepository:
 
     async def load(self, name: str, config: ModelConfig | None = None) -> None:
         """(Re)load every served version of `name`; `config` overrides config.pbtxt."""
-        model_dir = self._model_dir(name)
+        if self.remote is not None and not MODEL_NAME.match(name):
+            raise NotFound(f"failed to load '{name}': not a model name")
+        model_dir = self.root / name if self.remote is not None else self._model_dir(name)
         entry = self.models.setdefault(name, ModelEntry(name))
         async with entry.lock:
             previous_state = entry.state
             entry.state = "LOADING"
             try:
+                if self.remote is not None:  # copy from the store first, checked complete
+                    await asyncio.get_running_loop().run_in_executor(
+                        self.executor, self.remote.sync, name, model_dir, served_versions)
                 versions = await asyncio.get_running_loop().run_in_executor(
                     self.executor, self._build_versions, name, model_dir, config)
+            except ModelNotInStore as exc:
+                entry.state = "READY" if entry.versions else "UNAVAILABLE"
+                if not entry.versions:
+                    self.models.pop(name, None)
+                raise NotFound(f"failed to load '{name}', failed to poll from model repository: {exc}") from None
             except Exception as exc:  # whatever breaks one model must not stop the others
-                entry.reason = str(exc) if isinstance(exc, ModelConfigError) else \
+                entry.reason = str(exc) if isinstance(exc, (ModelConfigError, S3RepositoryError)) else \
                     f"{model_dir}: {type(exc).__name__}: {exc}"
                 entry.state = "READY" if entry.versions else "UNAVAILABLE"
                 if entry.versions:
@@ -144,6 +196,9 @@ class ModelRepository:
             old, entry.versions = entry.versions, {}
             await self._close(old)
             entry.state, entry.reason = "UNAVAILABLE", "unloaded"
+            if self.remote is not None:  # the store keeps the files; the next load copies them again
+                import shutil
+                shutil.rmtree(self.root / name, ignore_errors=True)
 
     async def close(self) -> None:
         for entry in self.models.values():

@@ -1,6 +1,10 @@
 """The embedded Triton-protocol inference server: HTTP/REST and gRPC in one asyncio loop.
 
     python -m fedhub.hub.deploy.server --model-repository DIR --http-port 8000 --grpc-port 8001
+    python -m fedhub.hub.deploy.server --model-repository s3://bucket/prefix [--cache-dir DIR] ...
+
+An s3:// repository (Triton's URI forms, fedhub.hub.deploy.s3repo) is served from a local
+cache: each model is copied from the store when it loads. Keys come from the environment.
 
 `InferenceServer` is the programmatic form (the edge agent embeds it). `authorize`, when set,
 is called (sync or async) with the bearer token of every request except the health probes,
@@ -12,8 +16,10 @@ from __future__ import annotations
 import asyncio
 import inspect
 import logging
+import shutil
 import signal
 import socket
+import tempfile
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Awaitable, Callable
@@ -28,6 +34,7 @@ from tritonclient.grpc import service_pb2_grpc as pb_grpc
 from .grpc_service import InferenceServicer
 from .http import make_app
 from .repository import ModelRepository
+from .s3repo import S3ModelRepository, is_s3_uri
 from .tensors import Unauthenticated
 
 log = logging.getLogger("fedhub.deploy")
@@ -49,8 +56,10 @@ class InferenceServer:
     def __init__(self, model_repository: str | Path, host: str = "127.0.0.1", http_port: int = 8000,
                  grpc_port: int = 8001,
                  authorize: Callable[[str], bool | Awaitable[bool]] | None = None,
-                 workers: int = 4):
-        self.model_repository, self.host = Path(model_repository), host
+                 workers: int = 4, cache_dir: str | Path | None = None):
+        self.model_repository = model_repository if is_s3_uri(model_repository) else Path(model_repository)
+        self.host, self.cache_dir = host, cache_dir
+        self._own_cache: str | None = None
         self.http_port, self.grpc_port = http_port, grpc_port
         self.authorize, self.workers = authorize, workers
         self.ready = False
@@ -98,7 +107,13 @@ class InferenceServer:
     async def start(self) -> "InferenceServer":
         """Load the repository's models, then listen; ports given as 0 are chosen by the OS."""
         self._executor = ThreadPoolExecutor(self.workers, thread_name_prefix="fedhub-infer")
-        self.repository = ModelRepository(self.model_repository, self._executor)
+        if is_s3_uri(self.model_repository):
+            remote = S3ModelRepository.from_uri(self.model_repository, setting="--model-repository")
+            if not self.cache_dir:  # as Triton does: a temporary copy, removed when the server stops
+                self.cache_dir = self._own_cache = tempfile.mkdtemp(prefix="fedhub-s3-models-")
+            self.repository = ModelRepository(self.cache_dir, self._executor, remote=remote)
+        else:
+            self.repository = ModelRepository(self.model_repository, self._executor)
         await self.repository.load_all()
         try:
             sockets = tornado.netutil.bind_sockets(self.http_port, self.host, family=socket.AF_INET)
@@ -137,6 +152,8 @@ class InferenceServer:
             await self.repository.close()
         if self._executor is not None:
             self._executor.shutdown(wait=True)
+        if self._own_cache:
+            shutil.rmtree(self._own_cache, ignore_errors=True)
 
 
 class InferenceServerApp(Application):
@@ -144,7 +161,13 @@ class InferenceServerApp(Application):
     description = "Serve a Triton model repository over the KServe v2 / Triton HTTP and gRPC protocols."
 
     model_repository = Unicode(help="Triton model repository to serve: NAME/config.pbtxt and "
-                                    "NAME/VERSION/model files.").tag(config=True)
+                                    "NAME/VERSION/model files, in a folder or in S3 (s3://bucket/prefix, "
+                                    "s3://host:port/bucket/prefix; keys from $AWS_ACCESS_KEY_ID and "
+                                    "$AWS_SECRET_ACCESS_KEY, endpoint also from $FEDHUB_S3_ENDPOINT_URL "
+                                    "or $AWS_ENDPOINT_URL).").tag(config=True)
+    cache_dir = Unicode("", help="With an s3:// repository: the folder models are copied into when they "
+                                 "load. Default: a temporary folder, removed when the server stops."
+                        ).tag(config=True)
     host = Unicode("127.0.0.1", help="Address both protocols listen on.").tag(config=True)
     http_port = Integer(8000, help="HTTP/REST port (0: any free port).").tag(config=True)
     grpc_port = Integer(8001, help="gRPC port (0: any free port).").tag(config=True)
@@ -156,7 +179,7 @@ class InferenceServerApp(Application):
     aliases = {"model-repository": "InferenceServerApp.model_repository",
                "host": "InferenceServerApp.host", "http-port": "InferenceServerApp.http_port",
                "grpc-port": "InferenceServerApp.grpc_port", "workers": "InferenceServerApp.workers",
-               "token-file": "InferenceServerApp.token_file",
+               "token-file": "InferenceServerApp.token_file", "cache-dir": "InferenceServerApp.cache_dir",
                "log-level": "Application.log_level"}
 
     def start(self):
@@ -169,7 +192,7 @@ class InferenceServerApp(Application):
             authorize = lambda token: hmac.compare_digest(token, expected)  # noqa: E731
         logging.basicConfig(level=self.log_level, format="%(asctime)s %(levelname)s %(name)s %(message)s")
         server = InferenceServer(self.model_repository, self.host, self.http_port, self.grpc_port,
-                                 authorize=authorize, workers=self.workers)
+                                 authorize=authorize, workers=self.workers, cache_dir=self.cache_dir or None)
         asyncio.run(self._serve(server))
 
     def exit_with(self, message: str):

@@ -6,6 +6,10 @@ them from: the embedded server's repository (one served version at a time, chose
 the config's version_policy), a site's manifest folder, an edge group's bundle folder.
 Each version's config.pbtxt is kept beside the deployment's files, so a rollback serves
 the old version with the config it was packaged with.
+
+The embedded server's repository is a folder (the default) or an S3 bucket prefix
+(`model_repository = s3://...`, fedhub.hub.deploy.s3repo); `embedded_repository` picks one,
+and both offer write / select / remove / discard_version / has.
 """
 
 from __future__ import annotations
@@ -17,6 +21,7 @@ from pathlib import Path
 import numpy as np
 
 from .model_config import CONFIG_FILE, config_to_text, read_config
+from .s3repo import S3ModelRepository, is_s3_uri
 
 PROTOCOL_TO_NUMPY = {"BOOL": np.bool_, "UINT8": np.uint8, "UINT16": np.uint16, "UINT32": np.uint32,
                      "UINT64": np.uint64, "INT8": np.int8, "INT16": np.int16, "INT32": np.int32,
@@ -83,6 +88,39 @@ def set_served_version(model_dir: Path, version: int) -> str:
 def remove_embedded(model_dir: Path) -> None:
     shutil.rmtree(model_dir, ignore_errors=True)
     shutil.rmtree(_configs_dir(model_dir), ignore_errors=True)
+
+
+class LocalEmbeddedRepository:
+    """The embedded server's repository in a folder on the hub machine."""
+
+    def __init__(self, root: Path):
+        self.root = Path(root)
+
+    def __str__(self) -> str:
+        return str(self.root)
+
+    def write(self, staged: Path, model: str, version: int) -> str:
+        return write_embedded(staged, self.root / model, version)
+
+    def select(self, model: str, version: int) -> str:
+        return set_served_version(self.root / model, version)
+
+    def remove(self, model: str) -> None:
+        remove_embedded(self.root / model)
+
+    def discard_version(self, model: str, version: int) -> None:
+        shutil.rmtree(self.root / model / str(version), ignore_errors=True)
+
+    def has(self, model: str) -> bool:
+        return (self.root / model).exists()
+
+
+def embedded_repository(uri: str, models_dir: Path):
+    """`model_repository` setting -> where embedded deployments are written: s3://... (Triton's
+    forms) or a folder ("" = the hub's models folder)."""
+    if is_s3_uri(uri):
+        return S3ModelRepository.from_uri(uri)
+    return LocalEmbeddedRepository(Path(uri) if uri else models_dir)
 
 
 def sample_inputs(inputs_metadata: list[dict], seed: int = 0) -> list[dict]:
