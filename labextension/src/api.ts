@@ -201,12 +201,19 @@ export function apiUrl(parts: string[], query?: Query): string {
   return Object.keys(q).length ? base + URLExt.objectToQueryString(q) : base;
 }
 
-async function request<T>(
+/** A JSON call to a session-API route; errors carry the server's message and status. */
+export async function call<T>(
+  method: string,
   parts: string[],
   query?: Query,
-  init: RequestInit = {}
+  body?: unknown
 ): Promise<T> {
   const url = apiUrl(parts, query);
+  const init: RequestInit = { method };
+  if (body !== undefined) {
+    init.body = JSON.stringify(body);
+    init.headers = { 'Content-Type': 'application/json' };
+  }
   let response: Response;
   try {
     response = await ServerConnection.makeRequest(url, init, serverSettings());
@@ -218,12 +225,10 @@ async function request<T>(
   }
   const text = await response.text();
   let data: any = null;
-  if (text) {
-    try {
-      data = JSON.parse(text);
-    } catch {
-      data = null;
-    }
+  try {
+    data = text ? JSON.parse(text) : null;
+  } catch {
+    data = null;
   }
   if (!response.ok) {
     const message =
@@ -236,6 +241,15 @@ async function request<T>(
     throw new ApiError(`Not JSON from ${url}`, response.status);
   }
   return data as T;
+}
+
+/** The message of any error, for the panels. */
+export function errorMessage(err: unknown): string {
+  return err instanceof Error ? err.message : String(err ?? 'unknown error');
+}
+
+function request<T>(parts: string[], query?: Query): Promise<T> {
+  return call<T>('GET', parts, query);
 }
 
 // ---------------------------------------------------------------- routes
@@ -312,11 +326,7 @@ export function compareRuns(runIds: string[]): Promise<IComparison> {
 export function startReproduction(
   runId: string
 ): Promise<IReproductionStarted> {
-  return request<IReproductionStarted>(['runs', runId, 'reproduce'], undefined, {
-    method: 'POST',
-    body: '{}',
-    headers: { 'Content-Type': 'application/json' }
-  });
+  return call<IReproductionStarted>('POST', ['runs', runId, 'reproduce'], undefined, {});
 }
 
 export function getReproduction(id: string): Promise<IReproduction> {
@@ -348,10 +358,9 @@ export function shareExperiment(
   group: string,
   permission: SharePermission
 ): Promise<IShare> {
-  return request<IShare>(['experiments', experimentId, 'shares'], undefined, {
-    method: 'POST',
-    body: JSON.stringify({ group, permission }),
-    headers: { 'Content-Type': 'application/json' }
+  return call<IShare>('POST', ['experiments', experimentId, 'shares'], undefined, {
+    group,
+    permission
   });
 }
 
@@ -359,9 +368,7 @@ export function unshareExperiment(
   experimentId: string,
   group: string
 ): Promise<IShare> {
-  return request<IShare>(['experiments', experimentId, 'shares', group], undefined, {
-    method: 'DELETE'
-  });
+  return call<IShare>('DELETE', ['experiments', experimentId, 'shares', group]);
 }
 
 // ---------------------------------------------------------------- helpers

@@ -4,18 +4,13 @@
  * tritonclient snippet and a test inference. Deployments are listed with undeploy and
  * roll back.
  */
-import { Message } from '@lumino/messaging';
-import { Widget } from '@lumino/widgets';
 import { LabIcon } from '@jupyterlab/ui-components';
 
 import * as api from './api';
+import { errorMessage } from './api';
 import * as deployApi from './deployApi';
 import { append, formatTime, h, replace } from './dom';
-import { errorMessage } from './jobsApi';
-
-/** How long one events long-poll waits on the hub, in seconds. */
-const WAIT_S = 20;
-const MAX_ERRORS = 5;
+import { LivePanel, WAIT_S, fieldRow, showError, spinner } from './panel';
 
 export const deployIcon = new LabIcon({
   name: 'fedhub:deploy',
@@ -42,16 +37,11 @@ const STEP_ICONS: { [status: string]: string } = {
   failed: '✗'
 };
 
-export class DeployPanel extends Widget {
+export class DeployPanel extends LivePanel {
   constructor() {
-    super();
-    this.id = 'fedhub-deploy';
-    this.addClass('jp-fedhub-panel');
-    this.addClass('jp-fedhub-deploy');
+    super('fedhub-deploy', 'Deploy', 'jp-fedhub-deploy');
     this.title.icon = deployIcon;
-    this.title.caption = 'Deploy';
-    this.node.setAttribute('role', 'region');
-    this.node.setAttribute('aria-label', 'Deploy');
+    this.refreshButton.title = 'Reload models and deployments';
 
     this.modelSelect = h('select', {
       id: 'jp-fedhub-dp-model-select',
@@ -101,31 +91,15 @@ export class DeployPanel extends Widget {
       { class: 'jp-fedhub-button jp-mod-accept', type: 'button', onclick: () => void this.deploy() },
       'Deploy'
     );
-    this.refreshButton = h(
-      'button',
-      {
-        class: 'jp-fedhub-button',
-        type: 'button',
-        title: 'Reload models and deployments',
-        onclick: () => void this.refresh()
-      },
-      'Refresh'
-    );
     this.formStatus = h('div', { class: 'jp-fedhub-message', role: 'status', 'aria-live': 'polite' });
     this.current = h('section', { class: 'jp-fedhub-section', 'aria-label': 'Deployment', hidden: true });
     this.listStatus = h('div', { class: 'jp-fedhub-message' });
     this.table = h('table', { class: 'jp-fedhub-table', 'aria-label': 'Deployments' });
 
-    const row = (label: string, id: string, control: HTMLElement) =>
-      h('div', { class: 'jp-fedhub-field' }, h('label', { for: id }, label), control);
+    const row = fieldRow;
     append(
       this.node,
-      h(
-        'header',
-        { class: 'jp-fedhub-header' },
-        h('h2', { class: 'jp-fedhub-title' }, 'Deploy'),
-        this.refreshButton
-      ),
+      this.header,
       h(
         'form',
         {
@@ -157,34 +131,8 @@ export class DeployPanel extends Widget {
     this.updateDeploy();
   }
 
-  dispose(): void {
-    this.followSeq++;
-    super.dispose();
-  }
-
-  async refresh(): Promise<void> {
-    this.refreshButton.disabled = true;
-    try {
-      await Promise.all([this.loadModels(), this.loadTargets(), this.loadDeployments()]);
-    } finally {
-      this.refreshButton.disabled = false;
-    }
-  }
-
-  protected onAfterShow(msg: Message): void {
-    super.onAfterShow(msg);
-    if (!this.loadedOnce) {
-      this.loadedOnce = true;
-      void this.refresh();
-    }
-  }
-
-  protected onAfterAttach(msg: Message): void {
-    super.onAfterAttach(msg);
-    if (this.isVisible && !this.loadedOnce) {
-      this.loadedOnce = true;
-      void this.refresh();
-    }
+  protected async load(): Promise<void> {
+    await Promise.all([this.loadModels(), this.loadTargets(), this.loadDeployments()]);
   }
 
   // ------------------------------------------------------------ form
@@ -238,7 +186,7 @@ export class DeployPanel extends Widget {
       }
     } catch (err) {
       replace(this.modelSelect, h('option', { value: '' }, 'Cannot list models'));
-      this.showError(this.formStatus, 'Cannot list models', err);
+      showError(this.formStatus, 'Cannot list models', err);
     }
   }
 
@@ -290,7 +238,7 @@ export class DeployPanel extends Widget {
   private async deploy(): Promise<void> {
     this.busy = true;
     this.updateDeploy();
-    replace(this.formStatus, this.spinner('Deploying…'));
+    replace(this.formStatus, spinner('Deploying…'));
     try {
       const d = await deployApi.deploy({
         model: this.modelInput.value.trim(),
@@ -300,7 +248,7 @@ export class DeployPanel extends Widget {
       replace(this.formStatus, `Deployment ${d.name} started (version ${d.pending_version ?? ''}).`);
       void this.follow(d.id, d);
     } catch (err) {
-      this.showError(this.formStatus, 'Cannot deploy', err);
+      showError(this.formStatus, 'Cannot deploy', err);
     } finally {
       this.busy = false;
       this.updateDeploy();
@@ -310,7 +258,7 @@ export class DeployPanel extends Widget {
   // ------------------------------------------------------------ one deployment, live
 
   private async follow(id: string, first?: deployApi.IDeployment): Promise<void> {
-    const seq = ++this.followSeq;
+    const seq = this.newFollow();
     this.deployment = first ?? null;
     this.snippet = null;
     this.inference = null;
@@ -319,49 +267,40 @@ export class DeployPanel extends Widget {
     if (first) {
       this.render(null);
     } else {
-      replace(this.current, this.spinner('Loading deployment…'));
+      replace(this.current, spinner('Loading deployment…'));
     }
     let after = 0;
-    let errors = 0;
-    while (seq === this.followSeq && !this.isDisposed) {
-      try {
-        this.deployment = await deployApi.getDeployment(id);
-        if (seq !== this.followSeq) {
-          return;
-        }
-        const active = deployApi.ACTIVE_STATUSES.includes(this.deployment.status);
-        if (!active && this.deployment.kind === 'embedded' && this.deployment.status === 'ready') {
-          this.snippet = await deployApi.getSnippet(id).catch(() => null);
-        }
-        if (seq !== this.followSeq) {
-          return;
-        }
-        this.render(null);
-        if (!active) {
-          void this.loadDeployments();
-          return;
-        }
-        const ev = await deployApi.deploymentEvents(id, after, WAIT_S);
-        after = Math.max(after, ev.last ?? 0);
-        errors = 0;
-      } catch (err) {
-        if (seq !== this.followSeq) {
-          return;
-        }
-        const status = (err as { status?: number }).status ?? 0;
-        if ((status >= 400 && status < 500) || ++errors > MAX_ERRORS) {
-          if (status === 404) {
-            this.deployment = null;
-            this.current.hidden = true;
-            void this.loadDeployments();
-            return;
-          }
-          this.render(err);
-          return;
-        }
-        await new Promise(resolve => window.setTimeout(resolve, 2000));
+    const step = async (): Promise<boolean> => {
+      const d = await deployApi.getDeployment(id);
+      if (!this.following(seq)) {
+        return false;
       }
-    }
+      this.deployment = d;
+      const active = deployApi.ACTIVE_STATUSES.includes(d.status);
+      if (!active && d.kind === 'embedded' && d.status === 'ready') {
+        this.snippet = await deployApi.getSnippet(id).catch(() => null);
+      }
+      if (!this.following(seq)) {
+        return false;
+      }
+      this.render(null);
+      if (!active) {
+        void this.loadDeployments();
+        return false;
+      }
+      const ev = await deployApi.deploymentEvents(id, after, WAIT_S);
+      after = Math.max(after, ev.last ?? 0);
+      return true;
+    };
+    await this.followLoop(seq, step, err => {
+      if ((err as { status?: number }).status === 404) {
+        this.deployment = null; // undeployed elsewhere
+        this.current.hidden = true;
+        void this.loadDeployments();
+      } else {
+        this.render(err);
+      }
+    });
   }
 
   private render(error: unknown): void {
@@ -489,7 +428,7 @@ export class DeployPanel extends Widget {
     this.inferError = null;
     this.inference = null;
     this.render(null);
-    this.current.appendChild(this.spinner('Sending a sample input…'));
+    this.current.appendChild(spinner('Sending a sample input…'));
     try {
       this.inference = await deployApi.testInference(id);
     } catch (err) {
@@ -578,7 +517,7 @@ export class DeployPanel extends Widget {
       );
     } catch (err) {
       replace(this.table);
-      this.showError(this.listStatus, 'Cannot list deployments', err);
+      showError(this.listStatus, 'Cannot list deployments', err);
     }
   }
 
@@ -586,12 +525,12 @@ export class DeployPanel extends Widget {
     if (action === 'undeploy' && !window.confirm(`Undeploy ${d.name}? Its endpoint stops serving.`)) {
       return;
     }
-    replace(this.listStatus, this.spinner(action === 'undeploy' ? `Undeploying ${d.name}…` : `Rolling back ${d.name}…`));
+    replace(this.listStatus, spinner(action === 'undeploy' ? `Undeploying ${d.name}…` : `Rolling back ${d.name}…`));
     try {
       if (action === 'undeploy') {
         await deployApi.undeploy(d.id);
         if (this.deployment?.id === d.id) {
-          this.followSeq++;
+          this.stopFollowing();
           this.deployment = null;
           this.current.hidden = true;
         }
@@ -601,25 +540,10 @@ export class DeployPanel extends Widget {
         void this.follow(r.id, r);
       }
     } catch (err) {
-      this.showError(this.listStatus, action === 'undeploy' ? 'Cannot undeploy' : 'Cannot roll back', err);
+      showError(this.listStatus, action === 'undeploy' ? 'Cannot undeploy' : 'Cannot roll back', err);
       return;
     }
     await this.loadDeployments();
-  }
-
-  // ------------------------------------------------------------ helpers
-
-  private spinner(text: string): HTMLElement {
-    return h(
-      'span',
-      { class: 'jp-fedhub-loading' },
-      h('span', { class: 'jp-fedhub-spinner', 'aria-hidden': 'true' }),
-      text
-    );
-  }
-
-  private showError(el: HTMLElement, what: string, err: unknown): void {
-    replace(el, h('p', { class: 'jp-fedhub-error', role: 'alert' }, `${what}: ${errorMessage(err)}`));
   }
 
   private readonly modelSelect: HTMLSelectElement;
@@ -629,18 +553,15 @@ export class DeployPanel extends Widget {
   private readonly edgeInput: HTMLInputElement;
   private readonly edgeRow: HTMLElement;
   private readonly deployButton: HTMLButtonElement;
-  private readonly refreshButton: HTMLButtonElement;
   private readonly formStatus: HTMLElement;
   private readonly current: HTMLElement;
   private readonly listStatus: HTMLElement;
   private readonly table: HTMLTableElement;
 
-  private loadedOnce = false;
   private busy = false;
   private nameEdited = false;
   private deployment: deployApi.IDeployment | null = null;
   private snippet: deployApi.ISnippet | null = null;
   private inference: deployApi.IInference | null = null;
   private inferError: string | null = null;
-  private followSeq = 0;
 }

@@ -8,6 +8,7 @@ import { Widget } from '@lumino/widgets';
 import * as api from './api';
 import { MetricChart, seriesColor } from './charts';
 import { append, formatTime, formatValue, h, replace } from './dom';
+import { showError } from './panel';
 import { experimentsIcon } from './icons';
 import { ShareSection } from './share';
 
@@ -287,7 +288,7 @@ export class ExperimentsPanel extends Widget {
       }
     } catch (err) {
       if (seq === this.experimentsSeq) {
-        this.showError(this.experimentsStatus, 'Cannot list experiments', err);
+        showError(this.experimentsStatus, 'Cannot list experiments', err);
       }
     } finally {
       if (seq === this.experimentsSeq) {
@@ -371,7 +372,7 @@ export class ExperimentsPanel extends Widget {
         return;
       }
       replace(this.runsStatus);
-      this.showError(this.runsError, 'Cannot load runs', err);
+      showError(this.runsError, 'Cannot load runs', err);
       this.prevButton.disabled = this.tokens.length <= 1;
     } finally {
       if (seq === this.runsSeq) {
@@ -635,7 +636,7 @@ export class ExperimentsPanel extends Widget {
       this.renderComparison(result);
     } catch (err) {
       if (seq === this.compareSeq) {
-        this.showError(status, 'Cannot compare runs', err);
+        showError(status, 'Cannot compare runs', err);
       }
     } finally {
       this.renderSelection();
@@ -854,7 +855,7 @@ export class ExperimentsPanel extends Widget {
         this.detailsCharts.appendChild(chart.node);
       } else {
         const box = h('div', { class: 'jp-fedhub-message' });
-        this.showError(box, `Cannot load ${shown[i]}`, s.reason);
+        showError(box, `Cannot load ${shown[i]}`, s.reason);
         this.detailsCharts.appendChild(box);
       }
     });
@@ -1039,7 +1040,7 @@ export class ExperimentsPanel extends Widget {
     const r = this.repro;
     if (!r) {
       const box = h('div', { class: 'jp-fedhub-message' });
-      this.showError(box, 'Reproduction failed', error);
+      showError(box, 'Reproduction failed', error);
       replace(this.reproduction, title, box);
       return;
     }
@@ -1174,15 +1175,6 @@ export class ExperimentsPanel extends Widget {
         h('span', { class: 'jp-fedhub-spinner', 'aria-hidden': 'true' }),
         text
       )
-    );
-  }
-
-  private showError(el: HTMLElement, what: string, err: unknown): void {
-    const message =
-      err instanceof Error ? err.message : String(err ?? 'unknown error');
-    replace(
-      el,
-      h('p', { class: 'jp-fedhub-error', role: 'alert' }, `${what}: ${message}`)
     );
   }
 

@@ -10,12 +10,7 @@ import { LabIcon } from '@jupyterlab/ui-components';
 import { ISeriesInput, MetricChart } from './charts';
 import { append, formatBytes, formatTime, formatValue, h, replace } from './dom';
 import * as jobsApi from './jobsApi';
-
-/** How long one events long-poll waits on the hub, in seconds. */
-const WAIT_S = 20;
-
-/** Network errors in a row before following a job gives up. */
-const MAX_ERRORS = 5;
+import { LivePanel, WAIT_S, fieldRow, showError, spinner } from './panel';
 
 export const federatedIcon = new LabIcon({
   name: 'fedhub:federated',
@@ -94,16 +89,11 @@ function isFinal(state: string | undefined): boolean {
   return !!state && jobsApi.FINAL_STATES.includes(state);
 }
 
-export class FederatedPanel extends Widget {
+export class FederatedPanel extends LivePanel {
   constructor() {
-    super();
-    this.id = 'fedhub-federated';
-    this.addClass('jp-fedhub-panel');
-    this.addClass('jp-fedhub-federated');
+    super('fedhub-federated', 'Federated', 'jp-fedhub-federated');
     this.title.icon = federatedIcon;
-    this.title.caption = 'Federated';
-    this.node.setAttribute('role', 'region');
-    this.node.setAttribute('aria-label', 'Federated');
+    this.refreshButton.title = 'Reload apps, sites and jobs';
 
     this.appSelect = h('select', { id: 'jp-fedhub-fl-app', 'aria-label': 'Flower app' });
     this.appInfo = h('div', { class: 'jp-fedhub-muted' });
@@ -139,16 +129,6 @@ export class FederatedPanel extends Widget {
       },
       'Launch'
     );
-    this.refreshButton = h(
-      'button',
-      {
-        class: 'jp-fedhub-button',
-        type: 'button',
-        title: 'Reload apps, sites and jobs',
-        onclick: () => void this.refresh()
-      },
-      'Refresh'
-    );
     this.formStatus = h('div', { class: 'jp-fedhub-message', role: 'status', 'aria-live': 'polite' });
     this.jobSection = h('section', {
       class: 'jp-fedhub-section',
@@ -158,17 +138,11 @@ export class FederatedPanel extends Widget {
     this.jobsTable = h('table', { class: 'jp-fedhub-table', 'aria-label': 'Jobs' });
     this.jobsStatus = h('div', { class: 'jp-fedhub-message' });
 
-    const row = (label: string, id: string, control: HTMLElement) =>
-      h('div', { class: 'jp-fedhub-field' }, h('label', { for: id }, label), control);
+    const row = fieldRow;
 
     append(
       this.node,
-      h(
-        'header',
-        { class: 'jp-fedhub-header' },
-        h('h2', { class: 'jp-fedhub-title' }, 'Federated'),
-        this.refreshButton
-      ),
+      this.header,
       h(
         'form',
         {
@@ -205,36 +179,18 @@ export class FederatedPanel extends Widget {
     if (this.isDisposed) {
       return;
     }
-    this.followSeq++;
     this.disposeCharts();
     super.dispose();
   }
 
   /** Reload the apps, the sites and the jobs list. */
-  async refresh(): Promise<void> {
-    this.refreshButton.disabled = true;
-    try {
-      await Promise.all([this.loadApps(), this.loadSites(), this.loadJobs()]);
-    } finally {
-      this.refreshButton.disabled = false;
-    }
+  protected async load(): Promise<void> {
+    await Promise.all([this.loadApps(), this.loadSites(), this.loadJobs()]);
   }
 
   protected onAfterShow(msg: Message): void {
     super.onAfterShow(msg);
-    if (!this.loadedOnce) {
-      this.loadedOnce = true;
-      void this.refresh();
-    }
     this.resizeCharts();
-  }
-
-  protected onAfterAttach(msg: Message): void {
-    super.onAfterAttach(msg);
-    if (this.isVisible && !this.loadedOnce) {
-      this.loadedOnce = true;
-      void this.refresh();
-    }
   }
 
   protected onResize(msg: Widget.ResizeMessage): void {
@@ -383,12 +339,12 @@ export class FederatedPanel extends Widget {
   private async launch(): Promise<void> {
     const rounds = Number(this.roundsInput.value);
     if (!Number.isInteger(rounds) || rounds < 1) {
-      this.showError(this.formStatus, 'Cannot launch', new Error('Rounds: expected a whole number ≥ 1'));
+      showError(this.formStatus, 'Cannot launch', new Error('Rounds: expected a whole number ≥ 1'));
       return;
     }
     this.launching = true;
     this.updateLaunch();
-    replace(this.formStatus, this.busy('Launching…'));
+    replace(this.formStatus, spinner('Launching…'));
     try {
       const job = await jobsApi.launchJob({
         app: this.appSelect.value,
@@ -401,7 +357,7 @@ export class FederatedPanel extends Widget {
       void this.loadJobs();
       void this.follow(job.id, job);
     } catch (err) {
-      this.showError(this.formStatus, 'Cannot launch', err);
+      showError(this.formStatus, 'Cannot launch', err);
     } finally {
       this.launching = false;
       this.updateLaunch();
@@ -412,52 +368,41 @@ export class FederatedPanel extends Widget {
 
   /** Show a job and follow its events until it ends (or another job is shown). */
   private async follow(id: string, first?: jobsApi.IJob): Promise<void> {
-    const seq = ++this.followSeq;
+    const seq = this.newFollow();
     this.job = first ?? null;
     this.renderedRounds = -1;
     this.jobSection.hidden = false;
     if (first) {
       this.renderJob(null);
     } else {
-      replace(this.jobSection, h('h3', {}, `Job ${id}`), this.busy('Loading job…'));
+      replace(this.jobSection, h('h3', {}, `Job ${id}`), spinner('Loading job…'));
     }
     let after = 0;
-    let errors = 0;
-    while (seq === this.followSeq && !this.isDisposed) {
-      try {
-        this.job = await jobsApi.getJob(id);
-        if (seq !== this.followSeq) {
-          return;
-        }
-        this.renderJob(null);
-        if (isFinal(this.job.state)) {
-          void this.loadJobs();
-          return;
-        }
-        const ev = await jobsApi.jobEvents(id, after, WAIT_S);
-        const seqs = ev.events.map(e => Number(e.seq ?? 0));
-        const next = ev.last ?? ev.next ?? Math.max(after, ...seqs);
-        after = next > after ? next : after + ev.events.length;
-        errors = 0;
-      } catch (err) {
-        if (seq !== this.followSeq) {
-          return;
-        }
-        const status = (err as { status?: number }).status ?? 0;
-        if ((status >= 400 && status < 500) || ++errors > MAX_ERRORS) {
-          this.renderJob(err);
-          return;
-        }
-        await new Promise(resolve => window.setTimeout(resolve, 2000));
+    const step = async (): Promise<boolean> => {
+      const job = await jobsApi.getJob(id);
+      if (!this.following(seq)) {
+        return false;
       }
-    }
+      this.job = job;
+      this.renderJob(null);
+      if (isFinal(job.state)) {
+        void this.loadJobs();
+        return false;
+      }
+      const ev = await jobsApi.jobEvents(id, after, WAIT_S);
+      const seqs = ev.events.map(e => Number(e.seq ?? 0));
+      const next = ev.last ?? ev.next ?? Math.max(after, ...seqs);
+      after = next > after ? next : after + ev.events.length;
+      return true;
+    };
+    await this.followLoop(seq, step, err => this.renderJob(err));
   }
 
   private renderJob(error: unknown): void {
     const job = this.job;
     if (!job) {
       const box = h('div', { class: 'jp-fedhub-message' });
-      this.showError(box, 'Cannot load the job', error);
+      showError(box, 'Cannot load the job', error);
       replace(this.jobSection, h('h3', {}, 'Job'), box);
       return;
     }
@@ -624,7 +569,7 @@ export class FederatedPanel extends Widget {
       this.job = await jobsApi.cancelJob(id);
       this.renderJob(null);
     } catch (err) {
-      this.showError(this.formStatus, 'Cannot cancel', err);
+      showError(this.formStatus, 'Cannot cancel', err);
     }
   }
 
@@ -679,7 +624,7 @@ export class FederatedPanel extends Widget {
       );
     } catch (err) {
       replace(this.jobsTable);
-      this.showError(this.jobsStatus, 'Cannot list jobs', err);
+      showError(this.jobsStatus, 'Cannot list jobs', err);
     }
   }
 
@@ -706,19 +651,6 @@ export class FederatedPanel extends Widget {
     this.chartsHost = null;
   }
 
-  private busy(text: string): HTMLElement {
-    return h(
-      'span',
-      { class: 'jp-fedhub-loading' },
-      h('span', { class: 'jp-fedhub-spinner', 'aria-hidden': 'true' }),
-      text
-    );
-  }
-
-  private showError(el: HTMLElement, what: string, err: unknown): void {
-    replace(el, h('p', { class: 'jp-fedhub-error', role: 'alert' }, `${what}: ${jobsApi.errorMessage(err)}`));
-  }
-
   private readonly appSelect: HTMLSelectElement;
   private readonly appInfo: HTMLElement;
   private readonly sitesBox: HTMLFieldSetElement;
@@ -726,20 +658,17 @@ export class FederatedPanel extends Widget {
   private readonly strategySelect: HTMLSelectElement;
   private readonly compressionSelect: HTMLSelectElement;
   private readonly launchButton: HTMLButtonElement;
-  private readonly refreshButton: HTMLButtonElement;
   private readonly formStatus: HTMLElement;
   private readonly jobSection: HTMLElement;
   private readonly jobsTable: HTMLTableElement;
   private readonly jobsStatus: HTMLElement;
 
-  private loadedOnce = false;
   private launching = false;
   private apps: jobsApi.IFlowerApp[] = [];
   private sites: jobsApi.IFederationSite[] = [];
   private sitesError = '';
   private readonly checkedSites = new Set<string>();
   private job: jobsApi.IJob | null = null;
-  private followSeq = 0;
   private renderedRounds = -1;
   private chartsHost: HTMLElement | null = null;
   private readonly charts: MetricChart[] = [];

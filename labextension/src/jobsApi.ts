@@ -2,66 +2,9 @@
  * The Federated panel's client of the session API: Flower apps in the workspace,
  * the federation's sites, federated jobs (the session forwards them to the hub).
  */
-import { ServerConnection } from '@jupyterlab/services';
-
-import { ApiError, apiUrl } from './api';
-
-// ---------------------------------------------------------------- transport
-
-type Query = { [key: string]: string | number | null | undefined };
-
-let settings: ServerConnection.ISettings | null = null;
-
-function serverSettings(): ServerConnection.ISettings {
-  if (!settings) {
-    settings = ServerConnection.makeSettings();
-  }
-  return settings;
-}
-
-/** A JSON call to a session-API route; errors carry the server's message and status. */
-export async function call<T>(
-  method: string,
-  parts: string[],
-  query?: Query,
-  body?: unknown
-): Promise<T> {
-  const url = apiUrl(parts, query);
-  const init: RequestInit = { method };
-  if (body !== undefined) {
-    init.body = JSON.stringify(body);
-    init.headers = { 'Content-Type': 'application/json' };
-  }
-  let response: Response;
-  try {
-    response = await ServerConnection.makeRequest(url, init, serverSettings());
-  } catch (err) {
-    throw new ApiError(`Cannot reach the server: ${(err as Error).message ?? err}`, 0);
-  }
-  const text = await response.text();
-  let data: any = null;
-  try {
-    data = text ? JSON.parse(text) : null;
-  } catch {
-    data = null;
-  }
-  if (!response.ok) {
-    const message =
-      data && typeof data.message === 'string' && data.message
-        ? data.message
-        : `${response.status} ${response.statusText || 'error'}`;
-    throw new ApiError(message, response.status);
-  }
-  if (data === null) {
-    throw new ApiError(`Not JSON from ${url}`, response.status);
-  }
-  return data as T;
-}
-
-/** The message of any error, for the panels. */
-export function errorMessage(err: unknown): string {
-  return err instanceof Error ? err.message : String(err ?? 'unknown error');
-}
+// one transport for every panel: the same server settings, errors and JSON handling
+export { call, errorMessage } from './api';
+import { call } from './api';
 
 // ---------------------------------------------------------------- types
 
