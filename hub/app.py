@@ -135,7 +135,15 @@ class FedhubUp(Application):
              "endpoint also from $FEDHUB_S3_ENDPOINT_URL or $AWS_ENDPOINT_URL; never in a file). "
              "Default: the models folder in the data dir.")
 
+    state_db_url = Unicode(
+        "", config=True,
+        help="fedhub's own state (federated jobs and their events, deployments, edge devices, the "
+             "provenance ledger), e.g. postgresql://fedhub@db.example:5432/fedhub (without password, "
+             "as --db-url). Migrated to the newest schema on every start (also: `fedhub db upgrade`). "
+             "Default: SQLite, state/fedhub-state.sqlite in the data dir.")
+
     aliases = {
+        "state-db-url": "FedhubUp.state_db_url",
         "ip": "FedhubUp.ip", "port": "FedhubUp.port", "data-dir": "FedhubUp.data_dir",
         "catalogue": "FedhubUp.catalogue_file", "config": "FedhubUp.config_file",
         "authenticator": "FedhubUp.authenticator", "admin": "FedhubUp.admin_users",
@@ -175,7 +183,11 @@ class FedhubUp(Application):
             catalogue.write_text(workshop_catalogue(self.seats, self.seat_cpus, self.seat_memory))
         elif not self.catalogue_file and not catalogue.exists():
             catalogue.write_text(DEFAULT_CATALOGUE_YAML)
-        check_database_urls({"--db-url": self.db_url, "--mlflow-db-url": self.mlflow_db_url})
+        check_database_urls({"--db-url": self.db_url, "--mlflow-db-url": self.mlflow_db_url,
+                             "--state-db-url": self.state_db_url})
+        if self.state_db_url and not self.state_db_url.startswith(("sqlite:", "postgresql", "postgres:")):
+            raise ValueError(f"--state-db-url: expected postgresql://user@host:port/db or sqlite:///<file>, "
+                             f"got {self.state_db_url.split(':', 1)[0]}:...")
         model_repository = self._model_repository()
         cat = catalogue_from_dict(read_yaml(catalogue), catalogue.name)  # raises CatalogueError
         policy = Path(self.policy_file).resolve() if self.policy_file else data / "policy.yaml"
@@ -221,6 +233,7 @@ class FedhubUp(Application):
             "cull_idle": self.cull_idle,
             "extra_configs": [str(Path(p).resolve()) for p in extra], "start_timeout": self.start_timeout,
             "policy_file": str(policy) if policy.exists() else "", "oidc": oidc,
+            "state_db_url": sqlalchemy_url(self.state_db_url),
             "db_url": sqlalchemy_url(self.db_url), "mlflow_db_url": sqlalchemy_url(self.mlflow_db_url), "artifacts_uri": self.artifacts_uri,
             "model_repository": model_repository,
         }
@@ -243,6 +256,20 @@ class FedhubUp(Application):
             raise ValueError(f"--model-repository: expected a folder or s3://bucket/prefix, got "
                              f"{self.model_repository!r}")
         return str(Path(self.model_repository).resolve())
+
+    def migrate_state_db(self, s: dict) -> None:
+        """fedhub's state database at the newest schema (and an earlier version's state files
+        imported) before anything starts; an unreachable server stops `fedhub up` here."""
+        from .statedb import StateDBError, current_revision, open_state_db
+        try:
+            state = Path(s["data_dir"]) / "state"
+            db = open_state_db(state, s.get("state_db_url") or f"sqlite:///{state / 'fedhub-state.sqlite'}")
+        except StateDBError as e:
+            print(f"fedhub up: --state-db-url: {e}", file=sys.stderr)
+            raise SystemExit(2)
+        print(f"  state database         {db.engine.url.render_as_string(hide_password=True)} "
+              f"(schema {current_revision(db)})", flush=True)
+        db.engine.dispose()
 
     def banner(self, s: dict) -> str:
         url = f"http://{'127.0.0.1' if s['ip'] in ('', '0.0.0.0') else s['ip']}:{s['port']}/"
@@ -269,6 +296,7 @@ class FedhubUp(Application):
         print(self.banner(settings), flush=True)
         if self.dry_run:
             return
+        self.migrate_state_db(settings)
         env = {**os.environ, "FEDHUB_UP_SETTINGS": str(Path(settings["data_dir"]) / "fedhub-up.json")}
         config = str(Path(__file__).with_name("jupyterhub_config.py"))
         argv = [sys.executable, "-m", "jupyterhub", "-f", config]

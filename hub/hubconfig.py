@@ -30,6 +30,10 @@ MLFLOW_STORE_ENV = ("PGPASSWORD", "PGPASSFILE", "AWS_ACCESS_KEY_ID", "AWS_SECRET
                     "AWS_SESSION_TOKEN", "AWS_DEFAULT_REGION", "MLFLOW_S3_ENDPOINT_URL")
 
 
+# what libpq reads from the environment: the state database's password is passed on, never written
+STATE_DB_ENV = ("PGPASSWORD", "PGPASSFILE", "PGSSLMODE", "PGSSLROOTCERT", "PGSSLCERT", "PGSSLKEY")
+
+
 def venv_bin() -> Path:
     return Path(sys.executable).parent
 
@@ -141,6 +145,9 @@ def configure(c, s: dict) -> None:
         })
     services[0]["environment"].update(model_repository_env(s))
     services[0].setdefault("environment", {})["FEDHUB_FEDERATION_SETTINGS"] = json.dumps(federation_settings(s))
+    if s.get("state_db_url"):  # fedhub's own state in PostgreSQL (fedhub.hub.statedb); SQLite otherwise
+        services[0]["environment"]["FEDHUB_STATE_DB_URL"] = s["state_db_url"]
+        services[0]["environment"].update({k: os.environ[k] for k in STATE_DB_ENV if k in os.environ})
     if s.get("cull_idle"):
         # the culler runs in the API service: it lists ready servers and asks each what runs in it
         services[0]["environment"]["FEDHUB_CULLER"] = json.dumps(

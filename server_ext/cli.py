@@ -247,6 +247,8 @@ def main(argv=None) -> int:
             return 2
         app.main(argv[1:])
         return 0
+    if argv[:2] == ["db", "upgrade"]:  # fedhub's state database schema (fedhub.hub.statedb, hub extra)
+        return importlib.import_module("fedhub.hub.statedb.cli").main(argv[2:])
     if argv[:2] == ["k8s", "render"]:  # z2jh values + manifests (fedhub.hub.k8s_render, needs pyyaml only)
         return importlib.import_module("fedhub.hub.k8s_render").main(argv[2:])
     parser = argparse.ArgumentParser(prog="fedhub", description="fedhub: a federated JupyterHub")
@@ -254,6 +256,7 @@ def main(argv=None) -> int:
     parser.add_argument("--token", help="hub API token (default: $FEDHUB_TOKEN or this session's token)")
     sub = parser.add_subparsers(dest="command", required=True)
     sub.add_parser("up", help="run fedhub on this machine (see `fedhub up --help`)")
+    sub.add_parser("db", help="`fedhub db upgrade`: migrate the hub's state database (see --help)")
     sub.add_parser("k8s", help="`fedhub k8s render`: zero-to-jupyterhub values and manifests (see --help)")
     p = sub.add_parser("sites", help="the federation's sites and free capacity")
     p.add_argument("--json", action="store_true")
