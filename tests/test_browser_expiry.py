@@ -39,6 +39,14 @@ def test_time_limit_field_warning_notification_and_extend(hub_factory):
             field = page.get_by_label("Time limit (hours)")
             expect(field).to_have_value("0.05")  # the group's default
             expect(field).to_have_attribute("max", "0.5")  # the group's max
+            # beyond the max (the browser's own check bypassed): the hub refuses it on the form
+            field.evaluate("el => el.removeAttribute('max')")
+            field.fill("2")
+            page.get_by_role("button", name="Start").click()
+            expect(page.locator(".alert, #error, .error").first).to_contain_text(
+                "time_limit_hours: 2 h is beyond your limit of 0.5 h")
+            assert hub.server(USER) is None  # nothing started
+            field = page.get_by_label("Time limit (hours)")
             field.fill("0.06")
             page.get_by_role("button", name="Start").click()
             page.wait_for_url(f"**/user/{USER}/lab**", timeout=180_000)
