@@ -12,14 +12,16 @@ PredictorSpec, ModelSpec, ModelFormat).
 from __future__ import annotations
 
 import copy
+import json
+import re
 
 import kubernetes_validate
 import pytest
 import yaml
 
 from fedhub.hub.deploy.k8s import (KSERVE_TRITON_RUNTIME, ManifestError, TritonOnKubernetes, deployment_manifests,
-                                   kserve_inference_service, parse_repository_source, triton_deployment,
-                                   triton_service)
+                                   kserve_inference_service, parse_repository_source, settings_from_env,
+                                   triton_deployment, triton_service)
 from fedhub.spawner.backends.k8s_manifests import GPU_RESOURCE
 
 K8S = "1.37.0"
@@ -83,7 +85,16 @@ def test_triton_deployment_and_service_validate_against_the_schemas(source, gpus
     repository_arg = [a for a in container["args"] if a.startswith("--model-repository=")]
     if source == "s3":
         assert repository_arg == ["--model-repository=s3://models-bucket/fedhub/alice--digits"]
-        assert container["envFrom"] == [{"secretRef": {"name": "s3-creds"}}]
+        # the keys Triton's S3 client reads, from the Secret by name and key: no value in the manifest
+        assert container["env"] == [
+            {"name": "AWS_ACCESS_KEY_ID", "valueFrom": {"secretKeyRef": {"name": "s3-creds", "key": "AWS_ACCESS_KEY_ID"}}},
+            {"name": "AWS_SECRET_ACCESS_KEY",
+             "valueFrom": {"secretKeyRef": {"name": "s3-creds", "key": "AWS_SECRET_ACCESS_KEY"}}},
+            {"name": "AWS_SESSION_TOKEN", "valueFrom": {"secretKeyRef": {
+                "name": "s3-creds", "key": "AWS_SESSION_TOKEN", "optional": True}}},
+            {"name": "AWS_DEFAULT_REGION", "valueFrom": {"secretKeyRef": {
+                "name": "s3-creds", "key": "AWS_DEFAULT_REGION", "optional": True}}}]
+        assert "envFrom" not in container
     elif source == "pvc":
         assert repository_arg == ["--model-repository=/models"]
         mount = next(m for m in container["volumeMounts"] if m["name"] == "models")
@@ -123,7 +134,7 @@ def test_kserve_inference_service_has_the_v1beta1_structure_and_a_valid_pod_part
 
 
 def test_a_wrong_field_is_caught_by_the_validation():
-    deployment = triton_deployment("digits", source=parse_repository_source("s3://b/p"))
+    deployment = triton_deployment("digits", source=parse_repository_source("s3://models/p"))
     broken = copy.deepcopy(deployment)
     broken["spec"]["template"]["spec"]["containers"][0]["resource"] = {}  # typo of "resources"
     with pytest.raises(kubernetes_validate.ValidationError):
@@ -132,9 +143,9 @@ def test_a_wrong_field_is_caught_by_the_validation():
     broken["spec"]["replicas"] = "two"
     with pytest.raises(kubernetes_validate.ValidationError):
         validate(broken)
-    isvc = kserve_inference_service("digits", source=parse_repository_source("s3://b/p"))
+    isvc = kserve_inference_service("digits", source=parse_repository_source("s3://models/p"))
     bad = copy.deepcopy(isvc)
-    bad["spec"]["predictor"]["model"]["storageURI"] = "s3://b/p"  # wrong case: not a KServe field
+    bad["spec"]["predictor"]["model"]["storageURI"] = "s3://models/p"  # wrong case: not a KServe field
     with pytest.raises(kubernetes_validate.ValidationError):
         validate_kserve(bad)
     bad = copy.deepcopy(isvc)
@@ -159,6 +170,9 @@ def test_manifests_serialise_as_yaml_documents_an_operator_can_apply():
     ({"gpus": 1}, "options.gpu_product: a GPU deployment needs the GPU type"),
     ({"gpus": -1}, "options.gpus must be a whole number >= 0"),
     ({"server": "kserve", "model_repository": "https://hub/x.tar.gz"}, "KServe reads s3://"),
+    ({"model_repository": "s3://AKIA:secret@minio:9000/models"}, "holds credentials"),
+    ({"model_repository": "s3://Models_Bucket/x"}, "not a valid bucket name"),
+    ({"server": "kserve", "model_repository": "s3://minio:9000/models/x"}, "KServe's storageUri is s3://bucket/path"),
 ])
 def test_bad_options_are_named(options, message):
     with pytest.raises(ManifestError, match=message.replace("(", r"\(").replace(")", r"\)").replace(".", r"\.")
@@ -168,7 +182,7 @@ def test_bad_options_are_named(options, message):
 
 def test_bad_names_and_service_types_are_named():
     with pytest.raises(ManifestError, match="'Digits_1' is not a valid Kubernetes name"):
-        triton_deployment("Digits_1", source=parse_repository_source("s3://b"))
+        triton_deployment("Digits_1", source=parse_repository_source("s3://models"))
     with pytest.raises(ManifestError, match="service_type must be ClusterIP, NodePort or LoadBalancer"):
         triton_service("digits", service_type="External")
     assert deployment_manifests({**RECORD, "model_name": "Bob.Model_v2"}, 1, None, {})[0]["metadata"]["name"] == \
@@ -178,3 +192,33 @@ def test_bad_names_and_service_types_are_named():
 def test_every_setting_has_help_text():
     for name, trait in TritonOnKubernetes.class_traits(config=True).items():
         assert trait.help and len(trait.help) > 20, name
+
+
+@pytest.mark.parametrize("repository, endpoint, expected", [
+    ("s3://models-bucket/fedhub", "http://minio.storage.svc:9000",
+     "s3://minio.storage.svc:9000/models-bucket/fedhub/alice--digits"),
+    ("s3://models-bucket/fedhub", "https://s3.example.org", "s3://https://s3.example.org:443/models-bucket/fedhub/alice--digits"),
+    ("s3://minio.storage.svc:9000/models-bucket", "", "s3://minio.storage.svc:9000/models-bucket/alice--digits"),
+    ("s3://https://minio:9443/models-bucket/p/", "", "s3://https://minio:9443/models-bucket/p/alice--digits"),
+])
+def test_an_s3_compatible_store_goes_into_tritons_path_form(repository, endpoint, expected):
+    """Triton takes a non-AWS S3 store as s3://[https://]host:port/bucket/path; keys stay in the Secret."""
+    settings = TritonOnKubernetes(model_repository=repository, s3_endpoint=endpoint, s3_secret="fedhub-s3")
+    deployment, service = deployment_manifests(RECORD, 1, None, {}, settings)
+    validate(deployment)
+    validate(service)
+    (container,) = deployment["spec"]["template"]["spec"]["containers"]
+    assert f"--model-repository={expected}" in container["args"]
+    assert {e["valueFrom"]["secretKeyRef"]["name"] for e in container["env"]} == {"fedhub-s3"}
+    assert all("value" not in e for e in container["env"])
+
+
+def test_settings_reach_the_api_service_through_its_environment():
+    settings = settings_from_env({"FEDHUB_TRITON_KUBERNETES": json.dumps(
+        {"model_repository": "s3://models-bucket/sites", "s3_secret": "fedhub-s3", "cpus": 4})})
+    assert (settings.model_repository, settings.s3_secret, settings.cpus) == ("s3://models-bucket/sites", "fedhub-s3", 4)
+    assert settings_from_env({}).model_repository == "pvc://fedhub-models"
+    for raw, words in [("{", "not JSON"), ('{"s3_secrets": "x"}', "FEDHUB_TRITON_KUBERNETES.s3_secrets: no such setting"),
+                       ('{"cpus": "four"}', "FEDHUB_TRITON_KUBERNETES.cpus: "), ("[1]", "expected a JSON object")]:
+        with pytest.raises(ManifestError, match=re.escape(words)):
+            settings_from_env({"FEDHUB_TRITON_KUBERNETES": raw})

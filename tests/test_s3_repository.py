@@ -122,14 +122,14 @@ async def settle(manager: DeploymentManager, dep_id: str, timeout: float = 120) 
     return manager.records[dep_id]
 
 
-def keys_of(stack, model: str) -> set[str]:
-    folder = f"{PREFIX}/{model}/"
+def keys_of(stack, model: str, prefix: str = PREFIX) -> set[str]:
+    folder = f"{prefix}/{model}/"
     listed = stack["s3"].list_objects_v2(Bucket=BUCKET, Prefix=folder).get("Contents", [])
     return {o["Key"][len(folder):] for o in listed}
 
 
-def served_policy(stack, model: str) -> list[int]:
-    body = stack["s3"].get_object(Bucket=BUCKET, Key=f"{PREFIX}/{model}/config.pbtxt")["Body"].read().decode()
+def served_policy(stack, model: str, prefix: str = PREFIX) -> list[int]:
+    body = stack["s3"].get_object(Bucket=BUCKET, Key=f"{prefix}/{model}/config.pbtxt")["Body"].read().decode()
     config = parse_config(body)
     assert config.name == model
     return list(config.version_policy.specific.versions)
@@ -241,7 +241,7 @@ async def test_undeploy_with_the_store_down_says_so_and_can_be_retried(tmp_path,
     assert record["status"] == "ready", record["error"]
     monkeypatch.setenv("FEDHUB_S3_ENDPOINT_URL", f"http://127.0.0.1:{free_port()}")
     manager.repository = S3ModelRepository.from_uri(f"s3://{BUCKET}/{PREFIX}")  # as after a restart
-    with pytest.raises(DeployError, match="could not be removed from .*does not answer") as e:
+    with pytest.raises(DeployError, match="could not be removed: .*does not answer") as e:
         await manager.undeploy("carol", record["id"])
     assert e.value.status == 502 and manager.records[record["id"]]["status"] == "failed"
     monkeypatch.setenv("FEDHUB_S3_ENDPOINT_URL", stack["endpoint"])
@@ -328,3 +328,48 @@ def test_fedhub_up_passes_the_s3_repository_and_only_env_credentials_to_the_serv
     inference = next(svc for svc in c.JupyterHub.services if svc["name"] == "inference")
     assert inference["command"][inference["command"].index("--model-repository") + 1] == str(tmp_path / "models")
     assert inference["environment"] == {}
+
+
+async def test_site_deployment_writes_the_version_where_its_triton_manifest_points(tmp_path, stack, workspace,
+                                                                                    monkeypatch):
+    """A Kubernetes site reading an S3 repository (settings as `fedhub k8s render` passes them):
+    the manifests' --model-repository holds this version, served as Triton would load it."""
+    import yaml
+    from kubernetes_validate import validate
+
+    from fedhub.hub.deploy.server import InferenceServer
+    _, onnx_file, pipeline = workspace
+    monkeypatch.setenv("FEDHUB_TRITON_KUBERNETES", json.dumps(
+        {"model_repository": f"s3://{BUCKET}/sites", "s3_secret": "fedhub-s3", "s3_endpoint": stack["endpoint"]}))
+    settings = {"homes_dir": str(workspace[0]), "models_dir": str(tmp_path / "models")}
+    manager = DeploymentManager(DeploymentStore(tmp_path / "state"), settings,
+                                sites=lambda: [{"name": "cloud", "kind": "kubernetes"}])
+    body = {"model": str(onnx_file), "name": "sited", "target": "site:cloud"}
+    record = await settle(manager, (await manager.deploy("carol", "", body))["id"])
+    assert record["status"] == "manifests-ready", record["error"]
+    model = record["model_name"]
+    docs = list(yaml.safe_load_all(manager.manifests("carol", record["id"])))
+    for doc in docs:
+        validate(doc, "1.37", strict=True)
+    (container,) = docs[0]["spec"]["template"]["spec"]["containers"]
+    triton_arg = next(a for a in container["args"] if a.startswith("--model-repository="))
+    site_repository = triton_arg.split("=", 1)[1]
+    assert site_repository == f"s3://127.0.0.1:{stack['port']}/{BUCKET}/sites/{model}"
+    assert keys_of(stack, model, f"sites/{model}") == {"config.pbtxt", "1/model.onnx", "1/.fedhub-version.json"}
+
+    # a second version, then a rollback: the config Triton reads in S3 follows
+    await manager.deploy("carol", "", body)
+    record = await settle(manager, record["id"])
+    assert record["current_version"] == 2, record["error"]
+    assert served_policy(stack, model, f"sites/{model}") == [2]
+    await manager.rollback("carol", record["id"])
+    assert served_policy(stack, model, f"sites/{model}") == [1]
+
+    # the manifest's repository argument, as is, loads on a Triton-protocol server
+    server = await InferenceServer(site_repository, http_port=0, grpc_port=0, cache_dir=tmp_path / "cache").start()
+    try:
+        assert server.repository.is_ready(model, "1") and not server.repository.is_ready(model, "2")
+    finally:
+        await server.stop(0)
+    await manager.undeploy("carol", record["id"])
+    assert keys_of(stack, model, "sites") == set()

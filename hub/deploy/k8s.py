@@ -7,7 +7,9 @@ Two shapes, both serving a Triton model repository (what packaging.py writes):
 
 Where the model repository comes from (`model_repository`):
 - `s3://bucket/path` (or gs://, as://): Triton and KServe read it directly; credentials come
-  from a Secret (`s3_secret`, as AWS_* env) or, for KServe, the service account's;
+  from a Secret (`s3_secret`: AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY by name, never a
+  value) or, for KServe, the service account's. An S3-compatible store's endpoint goes into
+  Triton's own path form, `s3://host:port/bucket/path` (`s3_endpoint`, or given so);
 - `pvc://claim/sub/path`: a PersistentVolumeClaim the site already has, mounted read-only;
 - `https://...tar.gz`: the hub's artifact store; an init container downloads and unpacks
   the repository into an emptyDir (token from `fetch_token_secret`). Deployment only.
@@ -20,12 +22,14 @@ schemas by the tests.
 
 from __future__ import annotations
 
+import json
+import os
 import re
 from dataclasses import dataclass
 from pathlib import PurePosixPath
 from typing import Iterable
 
-from traitlets import Dict, Integer, Unicode
+from traitlets import Dict, Integer, TraitError, Unicode
 from traitlets.config import Configurable
 
 from fedhub.spawner.backends.k8s_manifests import DEFAULT_GPU_PRODUCT_LABEL, GPU_RESOURCE, session_traits
@@ -39,6 +43,10 @@ PORTS = {"http": 8000, "grpc": 8001, "metrics": 8002}
 APP_LABEL = "app.kubernetes.io/name"
 DEPLOYMENT_LABEL = "fedhub.io/deployment"
 DNS_NAME = re.compile(r"^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$")
+SETTINGS_ENV = "FEDHUB_TRITON_KUBERNETES"  # JSON {setting: value} for the API service (k8s render)
+# Secret keys of `s3_secret` -> (env var, required); Triton's S3 client reads these variables
+S3_SECRET_KEYS = {"AWS_ACCESS_KEY_ID": True, "AWS_SECRET_ACCESS_KEY": True, "AWS_SESSION_TOKEN": False,
+                  "AWS_DEFAULT_REGION": False}
 
 
 class ManifestError(ValueError):
@@ -62,8 +70,13 @@ class TritonOnKubernetes(Configurable):
         "https:// URL of a .tar.gz. The deployment's model name is appended to s3 and pvc "
         "locations.")).tag(config=True)
     s3_secret = Unicode("", help=(
-        "Secret with AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY (and AWS_DEFAULT_REGION) for s3:// "
-        "repositories (Deployment). For KServe, give its service account the credentials.")).tag(config=True)
+        "Secret with AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY (and optional AWS_SESSION_TOKEN, "
+        "AWS_DEFAULT_REGION) for s3:// repositories (Deployment), referenced by name and key only. "
+        "For KServe, give its service account the credentials.")).tag(config=True)
+    s3_endpoint = Unicode("", help=(
+        "Endpoint (http(s)://host:port) of the S3-compatible store an s3://bucket/prefix model_repository "
+        "is in, as the Triton pods reach it; written into Triton's s3://host:port/bucket/prefix path. "
+        "Empty: AWS S3, or the host:port already in model_repository.")).tag(config=True)
     service_account = Unicode("", help="Service account of the Triton pods (KServe: for storage credentials).").tag(config=True)
     fetch_token_secret = Unicode("", help=(
         "Secret (key 'token') with a hub API token the init container sends when downloading an "
@@ -78,23 +91,55 @@ class TritonOnKubernetes(Configurable):
         "e.g. {'a100': 'NVIDIA-A100-SXM4-80GB'}.")).tag(config=True)
 
 
+def settings_from_env(environ=None) -> TritonOnKubernetes:
+    """The hub's TritonOnKubernetes settings, from $FEDHUB_TRITON_KUBERNETES (JSON) in the
+    API service's environment (`fedhub k8s render` writes it); defaults when unset."""
+    raw = (os.environ if environ is None else environ).get(SETTINGS_ENV, "")
+    if not raw:
+        return TritonOnKubernetes()
+    try:
+        values = json.loads(raw)
+    except ValueError as e:
+        raise ManifestError(f"${SETTINGS_ENV}: not JSON ({e})") from None
+    if not isinstance(values, dict):
+        raise ManifestError(f"${SETTINGS_ENV}: expected a JSON object of settings")
+    known = set(TritonOnKubernetes.class_trait_names(config=True))
+    for key, value in values.items():
+        if key not in known:
+            raise ManifestError(f"${SETTINGS_ENV}.{key}: no such setting; expected one of {sorted(known)}")
+        try:
+            TritonOnKubernetes(**{key: value})
+        except TraitError as e:
+            raise ManifestError(f"${SETTINGS_ENV}.{key}: {e}") from None
+    return TritonOnKubernetes(**values)
+
+
 @dataclass(frozen=True)
 class RepositorySource:
     kind: str  # "s3" (any cloud storage Triton reads natively), "pvc" or "http"
-    uri: str
+    uri: str   # for s3://, Triton's form (the endpoint, if any, as host:port in the path)
     claim: str = ""
     sub_path: str = ""
+    endpoint: str = ""  # an S3-compatible store's http(s)://host:port
 
 
 CLOUD_SCHEMES = ("s3://", "gs://", "as://")
 
 
-def parse_repository_source(uri: str, model_name: str = "") -> RepositorySource:
+def parse_repository_source(uri: str, model_name: str = "", s3_endpoint: str = "") -> RepositorySource:
     """s3://, gs://, as://, pvc://claim/path or https://; the model name is appended to cloud
     and pvc locations, so one bucket or claim holds every deployment's repository."""
     if not isinstance(uri, str) or not uri:
         raise ManifestError("model_repository: expected s3://bucket/prefix, pvc://claim[/path] or https://...tar.gz")
     suffix = f"/{model_name}" if model_name else ""
+    if uri.startswith("s3://"):
+        from .s3repo import S3RepositoryError, parse_s3_uri
+        try:
+            location = parse_s3_uri(uri, {"FEDHUB_S3_ENDPOINT_URL": s3_endpoint} if s3_endpoint else {})
+        except S3RepositoryError as e:
+            raise ManifestError(str(e)) from None
+        location = location.child(model_name) if model_name else location
+        return RepositorySource("s3", location.triton_uri(), endpoint=location.endpoint_url)
     if uri.startswith(CLOUD_SCHEMES):
         return RepositorySource("s3", uri.rstrip("/") + suffix)
     if uri.startswith("pvc://"):
@@ -159,7 +204,12 @@ def triton_deployment(name: str, *, source: RepositorySource, image: str = DEFAU
     env, env_from, init = [], [], []
     if source.kind == "s3":
         repository = source.uri
-        if s3_secret:
+        if s3_secret and source.uri.startswith("s3://"):  # the keys Triton reads, by name only
+            secret = check_dns_name(s3_secret, "s3_secret")
+            for key, required in S3_SECRET_KEYS.items():
+                ref = {"name": secret, "key": key, **({} if required else {"optional": True})}
+                env.append({"name": key, "valueFrom": {"secretKeyRef": ref}})
+        elif s3_secret:  # gs://, as://: the store's own variables, all of the Secret
             env_from.append({"secretRef": {"name": check_dns_name(s3_secret, "s3_secret")}})
     elif source.kind == "pvc":
         repository = MODELS_DIR
@@ -247,6 +297,10 @@ def kserve_inference_service(name: str, *, source: RepositorySource, runtime: st
     if source.kind == "http":
         raise ManifestError("KServe reads s3://, gs://, as:// or pvc:// storage URIs; "
                             "set model_repository to one of those")
+    if source.endpoint:
+        raise ManifestError("KServe's storageUri is s3://bucket/path: give an S3-compatible store's endpoint "
+                            "to KServe with its S3 credentials (serving.kserve.io/s3-endpoint), not in "
+                            "model_repository or s3_endpoint")
     if not 0 <= min_replicas <= max_replicas or max_replicas < 1:
         raise ManifestError(f"replicas: need 0 <= min_replicas <= max_replicas, max >= 1; got {min_replicas}, {max_replicas}")
     gpu = _gpu_placement(gpus, gpu_product, gpu_product_label, tolerations, node_selector)
@@ -282,7 +336,7 @@ def deployment_manifests(record: dict, version: int, repository_dir=None, option
     if server not in ("triton", "kserve"):
         raise ManifestError(f"options.server must be 'triton' or 'kserve', got {server!r}")
     source = parse_repository_source(options.get("model_repository", s.model_repository),
-                                     record.get("model_name") or record["name"])
+                                     record.get("model_name") or record["name"], s.s3_endpoint)
     gpus = options.get("gpus", 0)
     if not isinstance(gpus, int) or gpus < 0:
         raise ManifestError(f"options.gpus must be a whole number >= 0, got {gpus!r}")
@@ -306,4 +360,5 @@ def deployment_manifests(record: dict, version: int, repository_dir=None, option
 
 
 __all__ = ["GPU_RESOURCE", "ManifestError", "RepositorySource", "TritonOnKubernetes", "deployment_manifests",
-           "kserve_inference_service", "parse_repository_source", "triton_deployment", "triton_service"]
+           "kserve_inference_service", "parse_repository_source", "settings_from_env", "triton_deployment",
+           "triton_service"]

@@ -441,14 +441,15 @@ class DeploymentManager:
                 code, data = await self._server("POST", f"v2/repository/models/{record['model_name']}/unload")
                 if code not in (200, 404):
                     log.warning("unload of %s: %s", record["model_name"], data)
-                try:
-                    await asyncio.get_running_loop().run_in_executor(
-                        self.executor, self.repository.remove, record["model_name"])
-                except Exception as e:  # e.g. the S3 store does not answer: say so, keep the record to retry
-                    record.update(status="failed", error=f"undeploy: {e}")
-                    await self._event(record, "undeploy", "failed", str(e))
-                    raise DeployError(502, f"Deployment {record['name']} is unloaded but its files could not "
-                                           f"be removed from {self.repository}: {e}; undeploy again to retry")
+            remove = (self.repository.remove, record["model_name"]) if record["kind"] == "embedded" else \
+                (targets.remove_site, self.store.artifact_dir(deployment_id), record["model_name"])
+            try:
+                await asyncio.get_running_loop().run_in_executor(self.executor, *remove)
+            except Exception as e:  # e.g. the S3 store does not answer: say so, keep the record to retry
+                record.update(status="failed", error=f"undeploy: {e}")
+                await self._event(record, "undeploy", "failed", str(e))
+                raise DeployError(502, f"Deployment {record['name']} is unloaded but its files could not "
+                                       f"be removed: {e}; undeploy again to retry")
             shutil.rmtree(self.store.artifact_dir(deployment_id), ignore_errors=True)
             record["status"] = "undeployed"
             await self._event(record, "undeploy", "done")
@@ -485,7 +486,7 @@ class DeploymentManager:
                         raise StepFailed("rollback", data.get("error") or f"HTTP {code}")
                 elif record["kind"] == "site":
                     await self._step(record, "manifests", targets.select_site_version,
-                                     self.store.artifact_dir(deployment_id), version)
+                                     self.store.artifact_dir(deployment_id), version, record["model_name"])
                 else:
                     await self._step(record, "bundle", targets.select_edge_version,
                                      self.store.artifact_dir(deployment_id), version)

@@ -14,6 +14,7 @@ and both offer write / select / remove / discard_version / has.
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 from pathlib import Path
@@ -151,18 +152,42 @@ def _site_dir(files: Path, version: int) -> Path:
 def write_site_manifests(record: dict, version: int, staged: Path, files: Path, sites: list[dict],
                          options: dict) -> str:
     """The site's manifests (Triton Deployment + Service, or a KServe InferenceService), with
-    the packaged repository beside them, for the operator to apply."""
+    the packaged repository beside them, for the operator to apply. When the site reads an
+    s3:// repository, the version is also written there (Triton's layout, that version served),
+    so the Triton pods find it."""
     from . import k8s
+    settings = k8s.settings_from_env()
     out = _site_dir(files, version)
     shutil.rmtree(out, ignore_errors=True)
     shutil.copytree(staged.parent, out / "repository")
-    manifests = k8s.deployment_manifests(record, version, out / "repository", options) \
-        if hasattr(k8s, "deployment_manifests") else None
-    if manifests is None:
-        raise RuntimeError("fedhub.hub.deploy.k8s has no deployment_manifests()")
-    text = manifests if isinstance(manifests, str) else _yaml_documents(manifests)
+    manifests = k8s.deployment_manifests(record, version, out / "repository", options, settings)
+    text = _yaml_documents(manifests)
     (out / "manifests.yaml").write_text(text)
-    return f"{len(text.split(chr(10) + '---'))} manifest document(s)"
+    message = f"{len(manifests)} manifest document(s)"
+    uri = options.get("model_repository", settings.model_repository)
+    if is_s3_uri(uri):
+        store = _site_store(uri, settings.s3_endpoint, staged.name)
+        (out / SITE_STORE_FILE).write_text(json.dumps({"uri": uri, "s3_endpoint": settings.s3_endpoint}))
+        message += f"; {store.write(staged, staged.name, version)}"
+    return message
+
+
+SITE_STORE_FILE = "s3-repository.json"
+
+
+def _site_store(uri: str, s3_endpoint: str, model_name: str) -> S3ModelRepository:
+    """The site's own repository in S3: PREFIX/MODEL, holding MODEL/ (as k8s.py points Triton)."""
+    from .s3repo import parse_s3_uri
+    environ = {**os.environ, "FEDHUB_S3_ENDPOINT_URL": s3_endpoint} if s3_endpoint else None
+    return S3ModelRepository(parse_s3_uri(uri, environ).child(model_name))
+
+
+def _site_store_of(files: Path, version: int, model_name: str) -> S3ModelRepository | None:
+    kept = _site_dir(files, version) / SITE_STORE_FILE
+    if not kept.is_file():
+        return None
+    where = json.loads(kept.read_text())
+    return _site_store(where["uri"], where.get("s3_endpoint", ""), model_name)
 
 
 def _yaml_documents(objects) -> str:
@@ -170,10 +195,20 @@ def _yaml_documents(objects) -> str:
     return yaml.safe_dump_all(list(objects), sort_keys=False)
 
 
-def select_site_version(files: Path, version: int) -> str:
+def select_site_version(files: Path, version: int, model_name: str = "") -> str:
     if not (_site_dir(files, version) / "manifests.yaml").exists():
         raise FileNotFoundError(f"the manifests of version {version} are gone")
+    store = _site_store_of(files, version, model_name) if model_name else None
+    if store is not None:  # the Triton pods serve what config.pbtxt in S3 selects
+        store.select(model_name, version)
     return f"version {version} selected"
+
+
+def remove_site(files: Path, model_name: str) -> None:
+    """Undeploy: the deployment's objects in the site's S3 repository, if it has one."""
+    kept = sorted(files.glob(f"site/*/{SITE_STORE_FILE}"))
+    if kept:
+        _site_store_of(files, int(kept[-1].parent.name), model_name).remove(model_name)
 
 
 def read_site_manifests(files: Path, version: int) -> str:
