@@ -303,6 +303,9 @@ def main(argv=None) -> int:
     from . import usage_cli
     usage_cli.add_commands(sub, _hub_api, _error_message)
 
+    from . import expiry_cli  # a session's end, and extending it (VS Code users' Extend button)
+    expiry_cli.add_commands(sub, _hub_api, _error_message)
+
     p = sub.add_parser("share", help="share an experiment with a hub group, or list its shares (no --group)")
     p.add_argument("experiment", help="experiment name or id")
     p.add_argument("--group", help="hub group whose members get access")

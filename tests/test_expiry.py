@@ -122,6 +122,22 @@ def test_time_limit_from_the_spawn_request_and_extend_through_the_session(hub_fa
     assert r.status_code == 400 and "expected a JSON object" in r.json()["message"]
     assert hub.fedhub_api("/expiry", tok).json()["sessions"][0]["end"] == pytest.approx(rec["end"] + 0.25 * H)
 
+    # the same from a terminal (VS Code users): `fedhub expiry [--extend HOURS]` with the session's env
+    import subprocess
+    import sys
+    env = hub.session_env("exp-bo")
+
+    def cli(*args):
+        return subprocess.run([sys.executable, "-m", "fedhub.server_ext.cli", "expiry", *args], env=env,
+                              capture_output=True, text=True, timeout=60)
+    out = cli()
+    assert out.returncode == 0 and "at most 2 h in all, 0.25 h left to extend" in out.stdout, out
+    out = cli("--extend", "1")
+    assert out.returncode == 1 and "400: extend by 1.0 h refused" in out.stderr, out
+    out = cli("--extend", "0.25")
+    assert out.returncode == 0 and "extended by 0.25 h" in out.stdout and "0.00 h left" in out.stdout, out
+    assert hub.fedhub_api("/expiry", tok).json()["sessions"][0]["end"] == pytest.approx(rec["end"] + 0.5 * H)
+
 
 async def test_watcher_takes_the_form_hours_and_clamps_to_a_since_lowered_limit(tmp_path):
     """The watcher reads each session's `time_limit_hours` from the hub's snapshot; hours the form
