@@ -2,6 +2,7 @@
 `fedhub provenance verify` checking the chain offline, before and after tampering."""
 
 import json
+import sqlite3
 import subprocess
 import time
 import sys
@@ -104,16 +105,21 @@ def test_cli_verifies_offline_and_catches_tampering(hub, tokens):
     listing = cli(hub, tokens["pria"], "ls")
     assert listing.returncode == 0 and "run-abc" in listing.stdout and "run-q" not in listing.stdout
 
-    ledger = hub.data_dir / "state" / "ledger.jsonl"
-    original = ledger.read_text()
+    # tamper with record 1's row in the state database (SQLite in the state dir), as an intruder could
+    conn = sqlite3.connect(hub.data_dir / "state" / "fedhub-state.sqlite", timeout=30)
+    (original,) = conn.execute("SELECT body FROM ledger_records WHERE seq = 1").fetchone()
     try:
-        ledger.write_text(original.replace('"seed": 1', '"seed": 2'))
+        assert '"seed": 1' in original
+        with conn:
+            conn.execute("UPDATE ledger_records SET body = ? WHERE seq = 1", (original.replace('"seed": 1', '"seed": 2'),))
         out = cli(hub, tokens["pria"], "verify")
         assert out.returncode == 3 and "TAMPERED" in out.stdout and "record 1" in out.stdout
         server_side = hub.fedhub_api("/provenance/verify", tokens["quin"]).json()
         assert not server_side["ok"] and server_side["problems"][0]["seq"] == 1
     finally:
-        ledger.write_text(original)
+        with conn:
+            conn.execute("UPDATE ledger_records SET body = ? WHERE seq = 1", (original,))
+        conn.close()
     assert hub.fedhub_api("/provenance/verify", tokens["quin"]).json()["ok"]
 
 
