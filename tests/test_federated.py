@@ -48,9 +48,29 @@ def cluster(tmp_path_factory):
     c.stop()
 
 
+def site_datasets(data_dir: Path) -> None:
+    """A dataset held at both local sites (a different share of the digits at each, as .npz the
+    app reads from node config data-path), in the dataset catalogue of policy.yaml."""
+    import numpy as np
+    import yaml
+    from sklearn.datasets import load_digits
+    x, y = load_digits(return_X_y=True)
+    locations = []
+    for i, site in enumerate(("local-a", "local-b")):
+        path = data_dir / "site-data" / site / "digits.npz"
+        path.parent.mkdir(parents=True)
+        np.savez(path, x=x[i::2][:600], y=y[i::2][:600])
+        locations.append({"site": site, "path": str(path)})
+    (data_dir / "policy.yaml").write_text(yaml.safe_dump({
+        "default": {"sites": "*", "gpu_types": "*"},
+        "datasets": [{"name": "digits-npz", "locations": locations,
+                      "policy": {"allowed_groups": ["*"], "purposes": ["federated-training"]}}]}))
+
+
 @pytest.fixture(scope="module")
 def hub(module_hub_factory, cluster):
     h = module_hub_factory(catalogue(cluster), args=["--no-inference"])
+    site_datasets(h.data_dir)
     h.start(timeout=120)
     return h
 
@@ -96,8 +116,13 @@ def wait_state(hub, token, job_id, states, timeout=240):
 
 
 def job_record(hub, job_id) -> dict:
-    """The job as persisted (with the pids and Slurm job ids the API does not show)."""
-    return json.loads((hub.data_dir / "state" / "jobs" / job_id / "job.json").read_text())
+    """The job as persisted (with the pids and Slurm job ids the API does not show): its row in
+    the state database (SQLite in the state dir)."""
+    import sqlite3
+    db = hub.data_dir / "state" / "fedhub-state.sqlite"
+    with sqlite3.connect(f"file:{db}?mode=ro", uri=True) as conn:
+        (doc,) = conn.execute("SELECT document FROM jobs WHERE id = ?", (job_id,)).fetchone()
+    return json.loads(doc)
 
 
 def flower_processes_of(job_dir: Path) -> list[str]:
@@ -161,16 +186,33 @@ def _cli_launch(hub):
     return token, env, out
 
 
-def _dropout(hub, user, on_dropout, rounds, kill_after_rounds):
+def _dropout(hub, user, on_dropout, rounds, kill_after_rounds, **body):
     token = user_with_app(hub, user)
     r = launch(hub, token, app="digits", sites=["local-a", "local-b"], rounds=rounds, on_dropout=on_dropout,
-               run_config={"min-nodes": 1})
+               run_config={"min-nodes": 1}, **body)
     assert r.status_code == 201, r.text
     job_id = r.json()["id"]
     wait_for(lambda: (lambda j: j["state"] == "running" and j["rounds_done"] >= kill_after_rounds)(
         job(hub, token, job_id)), timeout=300, interval=1, what=f"round {kill_after_rounds} of {job_id}")
+    node_configs = supernode_configs(hub.data_dir / "state" / "jobs" / job_id)
     _kill_supernode(hub, job_id, "local-b")
-    return token, wait_state(hub, token, job_id, ("failed", "succeeded", "cancelled"), timeout=300)
+    j = wait_state(hub, token, job_id, ("failed", "succeeded", "cancelled"), timeout=300)
+    return (token, j, node_configs) if body else (token, j)
+
+
+def supernode_configs(job_dir: Path) -> dict[str, str]:
+    """site -> the --node-config of the job's running SuperNode there (from its command line)."""
+    found = {}
+    for p in psutil.process_iter(["cmdline"]):
+        try:
+            cmd = p.info["cmdline"] or []
+            if any(c.endswith("flower-supernode") for c in cmd[:2]) and \
+                    p.environ().get("FLWR_HOME", "").startswith(str(job_dir)):
+                config = cmd[cmd.index("--node-config") + 1]
+                found[config.split('fedhub-site="')[1].split('"')[0]] = config
+        except (psutil.Error, OSError, ValueError, IndexError):
+            continue
+    return found
 
 
 def _serverapp_exception(hub):
@@ -186,7 +228,8 @@ def scenario(hub, cluster):
     wait_for(lambda: sites_ready(hub, hub.create_user("probe")), timeout=90, what="Slurm site up")
     s = Scenario(hub)
     s.background("cli", lambda: _cli_launch(hub))
-    s.background("dropout-continue", lambda: _dropout(hub, "eli", "continue", rounds=3, kill_after_rounds=1))
+    s.background("dropout-continue", lambda: _dropout(hub, "eli", "continue", rounds=3, kill_after_rounds=1,
+                                                      datasets=["digits-npz"]))
     s.background("dropout-fail", lambda: _dropout(hub, "dan", "fail", rounds=20, kill_after_rounds=0))
     s.background("exception", lambda: _serverapp_exception(hub))
     s.background("cancel", lambda: _cancel_while_running(hub, cluster))
@@ -322,8 +365,13 @@ def test_dropout_with_on_dropout_fail_fails_the_job_and_says_which_site(hub, sce
 
 
 def test_dropout_with_on_dropout_continue_completes_with_the_remaining_site(hub, scenario):
-    token, j = scenario.result("dropout-continue")
+    token, j, node_configs = scenario.result("dropout-continue")
     assert j["state"] == "succeeded", j
+    # the job named a dataset: each SuperNode was told its own site's copy (the dataset catalogue)
+    paths = {site: str(hub.data_dir / "site-data" / site / "digits.npz") for site in ("local-a", "local-b")}
+    assert j["datasets"] == ["digits-npz"] and j["data_paths"] == {s: {"digits-npz": p} for s, p in paths.items()}
+    for site, path in paths.items():
+        assert f'data-path="{path}"' in node_configs[site] and 'dataset="digits-npz"' in node_configs[site]
     assert j["rounds_done"] == 3
     assert "local-b dropped out; continuing with local-a (on_dropout: continue)" in j["warnings"]
     assert j["site_status"]["local-b"]["state"] == "lost"

@@ -156,6 +156,58 @@ def test_bad_requests_name_the_field_and_what_was_expected(home):
     assert "expected a JSON object" in refused([good], home)
 
 
+def test_supernodes_are_told_the_named_datasets_path_at_their_site(home, tmp_path):
+    """Each site's SuperNode gets the path of the job's dataset at that site, from the dataset
+    catalogue (policy.yaml), else the site's own federated.data_path."""
+    import yaml
+    (tmp_path / "sites.yaml").write_text(yaml.safe_dump({"sites": [
+        {"name": "site-a", "kind": "local", "cpus": 2, "memory": "2G", "federated": {"data_path": "/a/default.npz"}},
+        {"name": "site-b", "kind": "local", "cpus": 2, "memory": "2G"},
+        {"name": "site-c", "kind": "local", "cpus": 2, "memory": "2G"}]}))
+    (tmp_path / "policy.yaml").write_text(yaml.safe_dump({"datasets": [
+        {"name": "digits", "locations": [{"site": "site-a", "path": "/a/digits"}, {"site": "site-b", "path": "/b/dig"}],
+         "policy": {"allowed_groups": ["*"], "purposes": ["federated-training"]}},
+        {"name": "scans", "locations": [{"site": "site-a", "path": "/a/scans"}],
+         "policy": {"allowed_groups": ["*"], "purposes": ["federated-training"]}}]}))
+    jobs = FederatedJobs(tmp_path / "state", catalogue_file=str(tmp_path / "sites.yaml"),
+                         policy_file=str(tmp_path / "policy.yaml"))
+    offers = jobs.offers()
+    assert offers["site-a"].dataset_paths == {"digits": "/a/digits", "scans": "/a/scans"}
+    assert offers["site-c"].public()["datasets"] == []  # the catalogue lists none: the policy's (none there)
+    assert offers["site-b"].public()["datasets"] == ["digits"]
+
+    spec = validate_request({"app": "digits", "sites": ["site-a", "site-b"], "rounds": 1, "datasets": ["digits"]},
+                            home, offers)
+    job = Job.from_spec(spec, "ann")
+    assert job.data_paths == {"site-a": {"digits": "/a/digits"}, "site-b": {"digits": "/b/dig"}}
+    assert Job.from_dict(json.loads(json.dumps(job.to_dict()))).data_paths == job.data_paths  # kept in the store
+    configs = [supernodes.node_config(i, 2, s, offers[s].data_path, job.data_paths.get(s))
+               for i, s in enumerate(job.sites)]
+    assert configs[0] == {"partition-id": 0, "num-partitions": 2, "fedhub-site": "site-a",
+                          "data-path": "/a/digits", "dataset": "digits", "data-path-digits": "/a/digits"}
+    assert configs[1]["data-path"] == "/b/dig"
+    from flwr.common.config import parse_config_args
+    assert parse_config_args([supernodes.node_config_arg(configs[1])]) == configs[1]
+    # two datasets: data-path is the first named, each has its own key
+    two = validate_request({"app": "digits", "sites": ["site-a"], "rounds": 1, "datasets": ["scans", "digits"]},
+                           home, offers)
+    c = supernodes.node_config(0, 1, "site-a", "/a/default.npz", two.data_paths["site-a"])
+    assert c["data-path"] == "/a/scans" and c["data-path-digits"] == "/a/digits" and c["dataset"] == "scans"
+    # no dataset named: the site's own data_path, as before
+    plain = Job.from_spec(validate_request({"app": "digits", "sites": ["site-a"], "rounds": 1}, home, offers), "ann")
+    assert supernodes.node_config(0, 1, "site-a", offers["site-a"].data_path, plain.data_paths.get("site-a"))[
+        "data-path"] == "/a/default.npz"
+    # a dataset not held at a chosen site, or a bad list: refused naming the field
+    for body, message in (
+            ({"datasets": ["scans"], "sites": ["site-a", "site-b"]},
+             "datasets: scans is not held at site site-b (the dataset catalogue has ['digits'] there)"),
+            ({"datasets": "digits"}, "datasets: expected a non-empty list of dataset names, got 'digits'"),
+            ({"datasets": ["digits", "digits"]}, "datasets: each dataset once")):
+        with pytest.raises(JobError) as e:
+            validate_request({"app": "digits", "sites": ["site-a"], "rounds": 1, **body}, home, offers)
+        assert e.value.status == 400 and e.value.message.startswith(message), e.value.message
+
+
 # ---------------------------------------------------------------- store and rounds
 
 def test_store_keeps_jobs_and_events_across_instances(tmp_path):

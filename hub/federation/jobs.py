@@ -41,6 +41,8 @@ class SiteOffer:
     options: dict = field(default_factory=dict, compare=False)
     datasets: tuple = ()
     data_path: str = ""  # the site's data for federated jobs (node config data-path), if set
+    #: dataset name -> its path at this site, from the dataset catalogue (policy.yaml)
+    dataset_paths: dict = field(default_factory=dict, compare=False)
 
     def public(self) -> dict:
         return {"name": self.name, "kind": self.kind, "allowed": self.allowed, "reason": self.reason,
@@ -59,6 +61,8 @@ class JobSpec:
     run_config: dict = field(default_factory=dict)
     experiment: str = ""
     name: str = ""
+    datasets: tuple[str, ...] = ()  # the datasets the job trains on, as named in the request
+    data_paths: dict = field(default_factory=dict)  # site -> {dataset: its path at that site}
 
 
 def resolve_app_path(raw, home: Path) -> Path:
@@ -141,7 +145,7 @@ def validate_request(body, home: Path, offers: dict[str, SiteOffer]) -> JobSpec:
     if not isinstance(body, dict):
         raise JobError(400, "expected a JSON object with app, sites and rounds")
     allowed = {"app", "sites", "rounds", "strategy", "compression", "on_dropout", "run_config",
-               "experiment", "name"}
+               "experiment", "name", "datasets"}
     unknown = sorted(set(body) - allowed)
     if unknown:
         raise JobError(400, f"{unknown[0]}: unknown field; expected some of {sorted(allowed)}")
@@ -193,9 +197,31 @@ def validate_request(body, home: Path, offers: dict[str, SiteOffer]) -> JobSpec:
     name = body.get("name") or ""
     if not isinstance(name, str) or len(name) > 200:
         raise JobError(400, f"name: expected a short run name, got {name!r}")
+    datasets, data_paths = dataset_paths(body.get("datasets"), sites, offers)
     return JobSpec(app=str(app), app_display=body["app"], sites=tuple(sites), rounds=rounds,
                    strategy=strategy, compression=parse_compression(body.get("compression")),
-                   on_dropout=on_dropout, run_config=dict(run_config), experiment=experiment, name=name)
+                   on_dropout=on_dropout, run_config=dict(run_config), experiment=experiment, name=name,
+                   datasets=datasets, data_paths=data_paths)
+
+
+def dataset_paths(raw, sites: list[str], offers: dict[str, SiteOffer]) -> tuple[tuple[str, ...], dict]:
+    """The named datasets and, per site, each one's path there (from the dataset catalogue):
+    what that site's SuperNode is told to read."""
+    if raw is None:
+        return (), {}
+    if not isinstance(raw, list) or not raw or not all(isinstance(d, str) for d in raw):
+        raise JobError(400, f"datasets: expected a non-empty list of dataset names, got {raw!r}")
+    if len(set(raw)) != len(raw):
+        raise JobError(400, f"datasets: each dataset once, got {raw}")
+    paths: dict[str, dict[str, str]] = {}
+    for site in sites:
+        held = offers[site].dataset_paths
+        for name in raw:
+            if name not in held:
+                raise JobError(400, f"datasets: {name} is not held at site {site} (the dataset catalogue "
+                                    f"has {sorted(held) or 'no datasets'} there)")
+        paths[site] = {name: held[name] for name in raw}
+    return tuple(raw), paths
 
 
 def new_job_id() -> str:
@@ -232,6 +258,8 @@ class Job:
     error: str = ""
     log_tail: str = ""
     warnings: list = field(default_factory=list)
+    datasets: list = field(default_factory=list)       # datasets named in the request
+    data_paths: dict = field(default_factory=dict)     # site -> {dataset: path there}, told to its SuperNode
     supernodes: list = field(default_factory=list)     # SuperNodeHandle dicts (restart clean-up)
     superlink_pid: int | None = None
     events: int = 0                                    # events so far (the next cursor)
@@ -242,6 +270,7 @@ class Job:
                    sites=list(spec.sites), rounds=spec.rounds, strategy=spec.strategy,
                    compression=spec.compression, on_dropout=spec.on_dropout, run_config=spec.run_config,
                    experiment=spec.experiment or f"{owner}/federated", name=spec.name,
+                   datasets=list(spec.datasets), data_paths={k: dict(v) for k, v in spec.data_paths.items()},
                    site_status={s: {"state": "waiting", "detail": ""} for s in spec.sites})
 
     @property

@@ -16,9 +16,10 @@ import signal
 import time
 from pathlib import Path
 
-from traitlets import Float, Integer, Unicode
+from traitlets import Float, Integer, Unicode, default
 from traitlets.config import LoggingConfigurable
 
+from ..policy import datasets_at
 from . import supernodes
 from .jobs import FINAL_STATES, Job, JobError, SiteOffer, validate_request
 from .store import JobStore
@@ -47,6 +48,11 @@ class FederatedJobs(LoggingConfigurable):
     homes_dir = Unicode(
         "", config=True,
         help="Folder holding users' homes (<homes_dir>/<user>); a job's app must be inside its owner's home.")
+    policy_file = Unicode(
+        config=True,
+        help="The governance policy (policy.yaml) whose dataset catalogue tells each SuperNode where the "
+             "datasets a job names are at its site. Default: $FEDHUB_POLICY_FILE (set by fedhub up); "
+             "empty: no datasets.")
     mlflow_url = Unicode(
         "", config=True,
         help="The hub's MLflow service (the gate, e.g. http://127.0.0.1:PORT/services/mlflow); "
@@ -81,12 +87,26 @@ class FederatedJobs(LoggingConfigurable):
             self._catalogue_mtime = mtime
         return self._catalogue
 
+    @default("policy_file")
+    def _default_policy_file(self):
+        return os.environ.get("FEDHUB_POLICY_FILE", "")
+
+    def _load_policy(self, catalogue):
+        """The policy (None without one, or when invalid: the jobs API refuses then, naming it)."""
+        from fedhub.hub.policy import PolicyError, cached_policy
+        try:
+            return cached_policy(self.policy_file, catalogue)
+        except PolicyError as e:
+            self.log.warning("federated jobs: governance policy not usable: %s", e)
+            return None
+
     def offers(self) -> dict[str, SiteOffer]:
         """Every catalogue site, and whether federated jobs may use it (and why not)."""
         cat = self._load_catalogue()
         if cat is None:
             return {}
         live = {s.get("name"): s for s in (self.inventory.sites() if self.inventory else [])}
+        policy = self._load_policy(cat)
         out = {}
         for site in cat.sites:
             state = live.get(site.name)
@@ -104,8 +124,9 @@ class FederatedJobs(LoggingConfigurable):
                 part = site.options.get("partition")
                 reason = "SuperNode as a Slurm batch job" + (f" in partition {part}" if part else "")
             data_path = str(site.federated.get("data_path", "")) if isinstance(site.federated, dict) else ""
+            paths = {d.name: d.path_at(site.name) for d in policy.datasets if site.name in d.sites} if policy else {}
             out[site.name] = SiteOffer(site.name, site.kind, allowed, reason, dict(site.options),
-                                       tuple(site.datasets), data_path)
+                                       datasets_at(policy, site), data_path, paths)
         return out
 
     # ---------------------------------------------------------------- jobs

@@ -267,7 +267,7 @@ class JobRunner:
             if offer is None or not offer.allowed:
                 raise JobFailed(f"site {site} is no longer offered for federated jobs: "
                                 f"{offer.reason if offer else 'not in the catalogue'}")
-            config = supernodes.node_config(i, n, site, offer.data_path)
+            config = supernodes.node_config(i, n, site, offer.data_path, self.job.data_paths.get(site))
             node_dir = self.dir / "nodes" / site
             try:
                 if offer.kind == "local":

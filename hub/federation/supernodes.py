@@ -9,7 +9,8 @@ tested as data; the launchers start and stop what the builders describe:
 
 Each SuperNode connects back to the job's SuperLink and gets a node config that tells the
 app which share of the data it holds (``partition-id``/``num-partitions``) and which site
-it is (``fedhub-site``), plus ``data-path`` when the site names one.
+it is (``fedhub-site``), plus ``data-path``: the path at that site of the dataset the job
+names (from the dataset catalogue), else the site's own ``federated.data_path`` if set.
 """
 
 from __future__ import annotations
@@ -30,10 +31,20 @@ SITE_LABEL = "fedhub.io/site"
 DEFAULT_IMAGE = "quay.io/jupyter/scipy-notebook:latest"
 
 
-def node_config(index: int, count: int, site: str, data_path: str = "") -> dict:
-    """The Flower node config of the SuperNode of the index-th site (0-based) of count."""
+def node_config(index: int, count: int, site: str, data_path: str = "",
+                datasets: dict[str, str] | None = None) -> dict:
+    """The Flower node config of the SuperNode of the index-th site (0-based) of count.
+
+    `datasets` (name -> path at this site, from the dataset catalogue) are the datasets the job
+    names: `data-path` is the first one's path (else the site's own `data_path`), `dataset` its
+    name, and `data-path-<name>` each one's path.
+    """
     config: dict = {"partition-id": index, "num-partitions": count, "fedhub-site": site}
-    if data_path:
+    if datasets:
+        first = next(iter(datasets))
+        config["data-path"], config["dataset"] = datasets[first], first
+        config.update({f"data-path-{name}": path for name, path in datasets.items()})
+    elif data_path:
         config["data-path"] = data_path
     return config
 

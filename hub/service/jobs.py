@@ -55,7 +55,7 @@ class _JobsBase(FedhubAPIHandler):
         from .datasets import federated_training_refusal, groups_of, policy_of
         if not isinstance(body, dict):
             return  # validate_request names the problem
-        datasets = body.pop("datasets", None)
+        datasets = body.get("datasets")  # validate_request resolves their paths for the SuperNodes
         policy = policy_of(self.settings)
         sites = body.get("sites")
         if isinstance(sites, str):
