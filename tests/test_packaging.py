@@ -16,7 +16,10 @@ def test_wheel_layout(tmp_path):
     tops = {n.split("/")[0] for n in names}
     assert "hub" not in tops and "spawner" not in tops and "server_ext" not in tops
     for must in ("fedhub/hub/app.py", "fedhub/hub/jupyterhub_config.py", "fedhub/hub/service/openapi.yaml",
-                 "fedhub/spawner/federated.py", "fedhub/spawner/backends/local.py", "fedhub/server_ext/cli.py"):
+                 "fedhub/spawner/federated.py", "fedhub/spawner/backends/local.py", "fedhub/server_ext/cli.py",
+                 # the state database's migrations run from the installed package
+                 "fedhub/hub/statedb/migrations/env.py", "fedhub/hub/statedb/migrations/versions/0001_first_schema.py",
+                 "fedhub/hub/statedb/migrations/versions/0002_status_created_columns.py"):
         assert must in names, must
     meta = [n for n in names if n.endswith("entry_points.txt")][0]
     entry_points = zipfile.ZipFile(wheel).read(meta).decode()

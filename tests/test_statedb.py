@@ -235,3 +235,45 @@ def test_fedhub_db_upgrade_reports_migrates_and_imports(tmp_path):
     assert "already at the newest schema" in fedhub().stdout
     bad = fedhub("--state-db-url", "postgresql://fedhub:hunter2@127.0.0.1/x")
     assert bad.returncode == 2 and "holds a password" in bad.stderr and "Traceback" not in bad.stderr
+
+
+# ---------------------------------------------------------------- fedhub up --state-db-url
+
+def test_fedhub_up_passes_the_state_database_to_the_api_service_without_its_password(tmp_path, monkeypatch, capsys):
+    from traitlets.config import Config
+
+    from fedhub.hub.app import FedhubUp
+    from fedhub.hub.hubconfig import configure
+
+    def prepared(*argv):
+        app = FedhubUp()
+        app.initialize(["--data-dir", str(tmp_path), *argv])
+        return app, app.prepare()
+
+    monkeypatch.setenv("PGPASSWORD", "s3cret-pw")
+    app, s = prepared("--state-db-url", "postgresql://fedhub@127.0.0.1:1/fedhub")
+    c = Config()
+    configure(c, s)
+    env = next(svc for svc in c.JupyterHub.services if svc["name"] == "fedhub")["environment"]
+    assert env["FEDHUB_STATE_DB_URL"] == "postgresql+psycopg2://fedhub@127.0.0.1:1/fedhub"
+    assert env["PGPASSWORD"] == "s3cret-pw"  # from the environment, to the service's environment
+    assert "s3cret-pw" not in (tmp_path / "fedhub-up.json").read_text()
+    # nothing listens on port 1: `fedhub up` stops before starting anything, naming the option
+    with pytest.raises(SystemExit) as e:
+        app.migrate_state_db(s)
+    assert e.value.code == 2
+    assert "fedhub up: --state-db-url: state database postgresql+psycopg2://fedhub@127.0.0.1:1/fedhub" \
+        in capsys.readouterr().err
+    # the default: SQLite in the state dir, nothing passed to the service, migrated on start
+    app, s = prepared()
+    c = Config()
+    configure(c, s)
+    env = next(svc for svc in c.JupyterHub.services if svc["name"] == "fedhub")["environment"]
+    assert "FEDHUB_STATE_DB_URL" not in env and "PGPASSWORD" not in env
+    app.migrate_state_db(s)
+    assert "(schema 0002)" in capsys.readouterr().out
+    assert current_revision(f"sqlite:///{tmp_path / 'state' / 'fedhub-state.sqlite'}") == "0002"
+    for bad, words in (("mysql://fedhub@db/fedhub", "--state-db-url: expected postgresql://"),
+                       ("postgresql://fedhub:pw@db/fedhub", "--state-db-url: the URL holds a password")):
+        with pytest.raises(ValueError, match=words):
+            prepared("--state-db-url", bad)

@@ -138,6 +138,9 @@ def open_state_db(state_dir: str | Path, url: str | None = None) -> StateDB:
             except StateDBError:
                 raise
             except Exception as e:  # an unreachable server, a refused login, a broken file
-                raise StateDBError(f"state database {db!r}: {type(e).__name__}: {str(e).strip()[:500]}") from e
+                cause = getattr(e, "orig", None) or e  # the driver's own words, without SQLAlchemy's links
+                reason = " ".join(line.strip() for line in str(cause).splitlines() if line.strip())[:500]
+                raise StateDBError(f"state database {db.engine.url.render_as_string(hide_password=True)}: "
+                                   f"{type(cause).__name__}: {reason}") from e
             _prepared.add(key)
     return db
