@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import copy
+import json
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -38,6 +39,9 @@ class RenderSettings:
     mlflow_db_url: str = "postgresql+psycopg2://mlflow@postgres:5432/mlflow"
     artifacts_uri: str = "s3://fedhub-mlflow/artifacts"
     state_storage: str = "10Gi"
+    # Triton on Kubernetes sites reads model repositories here (s3://...; "" = the site's PVC)
+    model_repository: str = ""
+    s3_endpoint: str = ""  # the S3-compatible store as the Triton pods reach it, http(s)://host:port
     extra: dict = field(default_factory=dict)
 
 
@@ -159,6 +163,22 @@ c.JupyterHub.load_roles = [
 '''
 
 
+S3_MODELS_CONFIG = '''\
+# fedhub: the API service writes Triton model repositories to S3 with the hub pod's keys
+# (from Secret fedhub-s3); JupyterHub services do not inherit the hub's environment
+import os
+for _service in c.JupyterHub.services:
+    if _service.get("name") == "fedhub":
+        _service.setdefault("environment", {}).update(
+            {k: os.environ[k] for k in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY") if k in os.environ})
+'''
+
+
+def triton_settings(s: RenderSettings) -> dict:
+    """TritonOnKubernetes settings for the API service ($FEDHUB_TRITON_KUBERNETES), names only."""
+    return {"model_repository": s.model_repository, "s3_secret": S3_SECRET, "s3_endpoint": s.s3_endpoint}
+
+
 def hub_values(s: RenderSettings, site_secrets: dict[str, list[str]], has_policy: bool) -> dict:
     name, tag = _split_image(s.image)
     mounts = [{"name": "fedhub-config", "mountPath": CONFIG_DIR, "readOnly": True},
@@ -172,11 +192,16 @@ def hub_values(s: RenderSettings, site_secrets: dict[str, list[str]], has_policy
     policy = f'c.FederatedSpawner.policy_file = "{CONFIG_DIR}/policy.yaml"\n' if has_policy else ""
     service_env = {"FEDHUB_CATALOGUE_FILE": f"{CONFIG_DIR}/sites.yaml",
                    "FEDHUB_POLICY_FILE": f"{CONFIG_DIR}/policy.yaml" if has_policy else ""}
+    extra_env, extra_config = [_secret_env("PGPASSWORD", DB_SECRET, "jupyterhub-password")], {}
+    if s.model_repository:  # Triton on the sites reads S3: the hub writes there
+        service_env["FEDHUB_TRITON_KUBERNETES"] = json.dumps(triton_settings(s))
+        extra_env += [_secret_env(k, S3_SECRET, k) for k in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY")]
+        extra_config["fedhub-s3-models"] = S3_MODELS_CONFIG
     return {"hub": {
         "image": {"name": name, "tag": tag},
         # the password reaches libpq as PGPASSWORD, so the URL holds none
         "db": {"type": "postgres", "url": s.db_url},
-        "extraEnv": [_secret_env("PGPASSWORD", DB_SECRET, "jupyterhub-password")],
+        "extraEnv": extra_env,
         "extraVolumes": volumes,
         "extraVolumeMounts": mounts,
         "services": {
@@ -191,7 +216,8 @@ def hub_values(s: RenderSettings, site_secrets: dict[str, list[str]], has_policy
                                     "targetPort": FEDHUB_API_PORT}]},
         "networkPolicy": {"ingress": [{"ports": [{"port": FEDHUB_API_PORT}], "from": [
             {"podSelector": {"matchLabels": {"app": "jupyterhub", "component": "proxy"}}}]}]},
-        "extraConfig": {"fedhub": EXTRA_CONFIG.format(config=CONFIG_DIR, state=STATE_DIR, policy=policy)},
+        "extraConfig": {"fedhub": EXTRA_CONFIG.format(config=CONFIG_DIR, state=STATE_DIR, policy=policy),
+                        **extra_config},
     }}
 
 
@@ -226,12 +252,26 @@ def main(argv=None) -> int:
     p.add_argument("--mlflow-db-url", default=RenderSettings.mlflow_db_url,
                    help="MLflow backend store URL, without password")
     p.add_argument("--artifacts-uri", default=RenderSettings.artifacts_uri, help="MLflow artifacts (s3://...)")
+    p.add_argument("--model-repository", default="", help="s3://bucket/prefix (or s3://host:port/bucket/prefix) "
+                   "Triton on the Kubernetes sites reads model repositories from; keys from Secret fedhub-s3")
+    p.add_argument("--s3-endpoint", default="", help="the S3-compatible store's http(s)://host:port, as the "
+                   "sites' Triton pods reach it (default: AWS S3, or the host:port in --model-repository)")
     p.add_argument("--out", default="", help="folder to write the files to (default: print them)")
     args = p.parse_args(argv)
     for option, url in (("--db-url", args.db_url), ("--mlflow-db-url", args.mlflow_db_url)):
         if "@" in url and ":" in url.split("://", 1)[-1].split("@", 1)[0]:
             print(f"fedhub k8s render: {option} holds a password; put it in Secret {DB_SECRET} "
                   "and give the URL without it", file=sys.stderr)
+            return 2
+    if args.model_repository:
+        from .deploy.k8s import ManifestError, parse_repository_source
+        try:
+            if not args.model_repository.startswith("s3://"):
+                raise ManifestError(f"expected s3://bucket/prefix, got {args.model_repository!r}")
+            parse_repository_source(args.model_repository, "", args.s3_endpoint)
+        except ManifestError as e:
+            print(f"fedhub k8s render: --model-repository: {str(e).removeprefix('model_repository: ')}",
+                  file=sys.stderr)
             return 2
     try:
         raw = read_yaml(Path(args.catalogue))
@@ -241,7 +281,8 @@ def main(argv=None) -> int:
         print(f"fedhub k8s render: invalid config: {e}", file=sys.stderr)
         return 2
     files = render(raw, policy, RenderSettings(image=args.image, namespace=args.namespace, db_url=args.db_url,
-                                               mlflow_db_url=args.mlflow_db_url, artifacts_uri=args.artifacts_uri))
+                                               mlflow_db_url=args.mlflow_db_url, artifacts_uri=args.artifacts_uri,
+                                               model_repository=args.model_repository, s3_endpoint=args.s3_endpoint))
     if args.out:
         out = Path(args.out)
         out.mkdir(parents=True, exist_ok=True)

@@ -222,3 +222,53 @@ def test_settings_reach_the_api_service_through_its_environment():
                        ('{"cpus": "four"}', "FEDHUB_TRITON_KUBERNETES.cpus: "), ("[1]", "expected a JSON object")]:
         with pytest.raises(ManifestError, match=re.escape(words)):
             settings_from_env({"FEDHUB_TRITON_KUBERNETES": raw})
+
+
+def test_k8s_render_passes_the_s3_repository_to_the_api_service_by_secret_name(tmp_path, monkeypatch, capsys):
+    """`fedhub k8s render --model-repository s3://...`: the API service builds site manifests from
+    it, the hub pod gets the keys from Secret fedhub-s3 by name, no value lands in a file."""
+    from traitlets.config import Config
+
+    from fedhub.hub.k8s_render import RenderSettings, main, render
+    catalogue = {"sites": [{"name": "cloud", "kind": "kubernetes", "cpus": 8, "memory": "32G"}]}
+    files = render(catalogue, None, RenderSettings(model_repository="s3://models-bucket/sites",
+                                                   s3_endpoint="http://minio.storage.svc:9000"))
+    hub = files["values.yaml"]["hub"]
+    service_env = hub["services"]["fedhub"]["environment"]
+    settings = settings_from_env(service_env)
+    deployment, _ = deployment_manifests(RECORD, 1, None, {}, settings)
+    validate(deployment)
+    (container,) = deployment["spec"]["template"]["spec"]["containers"]
+    assert "--model-repository=s3://minio.storage.svc:9000/models-bucket/sites/alice--digits" in container["args"]
+    assert {e["valueFrom"]["secretKeyRef"]["name"] for e in container["env"]} == {"fedhub-s3"}
+    # the hub pod: keys from the Secret, by name (validated as the pod z2jh makes of them)
+    keys = {e["name"]: e["valueFrom"]["secretKeyRef"] for e in hub["extraEnv"] if e["name"].startswith("AWS_")}
+    assert keys == {"AWS_ACCESS_KEY_ID": {"name": "fedhub-s3", "key": "AWS_ACCESS_KEY_ID"},
+                    "AWS_SECRET_ACCESS_KEY": {"name": "fedhub-s3", "key": "AWS_SECRET_ACCESS_KEY"}}
+    validate({"apiVersion": "v1", "kind": "Pod", "metadata": {"name": "hub"},
+              "spec": {"containers": [{"name": "hub", "image": "hub:1", "env": hub["extraEnv"]}]}})
+    # ...and the hub's extraConfig hands them to the fedhub service (services do not inherit them)
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "AKIAFROMSECRET")
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "value-from-secret")
+    c = Config()
+    c.JupyterHub.services = [{"name": "fedhub", "environment": dict(service_env)}, {"name": "mlflow"}]
+    exec(hub["extraConfig"]["fedhub-s3-models"], {"c": c})
+    assert c.JupyterHub.services[0]["environment"]["AWS_SECRET_ACCESS_KEY"] == "value-from-secret"
+    assert "environment" not in c.JupyterHub.services[1]
+    # without --model-repository nothing of this is rendered
+    plain = render(catalogue, None, RenderSettings())["values.yaml"]["hub"]
+    assert "FEDHUB_TRITON_KUBERNETES" not in plain["services"]["fedhub"]["environment"]
+    assert "fedhub-s3-models" not in plain["extraConfig"]
+
+    (tmp_path / "sites.yaml").write_text(yaml.safe_dump(catalogue))
+    out = tmp_path / "out"
+    assert main(["--catalogue", str(tmp_path / "sites.yaml"), "--model-repository", "s3://models-bucket/sites",
+                 "--out", str(out)]) == 0
+    values = yaml.safe_load((out / "values.yaml").read_text())
+    assert json.loads(values["hub"]["services"]["fedhub"]["environment"]["FEDHUB_TRITON_KUBERNETES"])[
+        "model_repository"] == "s3://models-bucket/sites"
+    assert "value-from-secret" not in "".join(p.read_text() for p in out.iterdir())
+    assert main(["--catalogue", str(tmp_path / "sites.yaml"), "--model-repository",
+                 "s3://AKIA:very-secret@minio:9000/models-bucket"]) == 2
+    error = capsys.readouterr().err
+    assert "--model-repository: the URI holds credentials" in error and "very-secret" not in error

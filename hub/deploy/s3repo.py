@@ -91,7 +91,7 @@ def parse_s3_uri(uri: str, environ=None, setting: str = "model_repository") -> S
     if not is_s3_uri(uri):
         raise S3RepositoryError(f"{setting}: expected s3://bucket/prefix, got {uri!r}")
     if "@" in re.sub(r"^https?://", "", uri[len("s3://"):]).split("/", 1)[0]:
-        raise S3RepositoryError(f"{setting}: {uri!r} holds credentials; give keys only in the environment "
+        raise S3RepositoryError(f"{setting}: the URI holds credentials; give keys only in the environment "
                                 "($AWS_ACCESS_KEY_ID, $AWS_SECRET_ACCESS_KEY) or a Kubernetes Secret")
     match = TRITON_S3_URI.match(uri)
     if not match:
