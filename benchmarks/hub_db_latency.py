@@ -46,65 +46,78 @@ def start_sessions(hub, names: list[str], batch: int = 20) -> float:
     return time.monotonic() - t0
 
 
-def timings(url: str, token: str, n: int) -> tuple[float, float]:
-    s = requests.Session()
-    s.headers["Authorization"] = f"token {token}"
-    out = []
-    for _ in range(n):
-        t = time.perf_counter()
-        r = s.get(url, timeout=60)
-        out.append((time.perf_counter() - t) * 1000)
-        assert r.status_code == 200, (url, r.status_code, r.text[:200])
-    out.sort()
+def timed_get(session: requests.Session, url: str) -> float:
+    t = time.perf_counter()
+    r = session.get(url, timeout=60)
+    ms = (time.perf_counter() - t) * 1000
+    assert r.status_code == 200, (url, r.status_code, r.text[:200])
+    return ms
+
+
+def p50_p99(samples: list[float]) -> tuple[float, float]:
+    out = sorted(samples)
     return statistics.median(out), out[int(0.99 * (len(out) - 1))]
 
 
-def measure(label: str, args: list[str], users: int, n: int, sessions: int) -> dict:
-    with tempfile.TemporaryDirectory() as d:
-        hub = Hub(Path(d) / "hub", free_port(), ["--no-mlflow", "--no-inference", *args], CATALOGUE)
-        with open(hub.data_dir / "jupyterhub_config.py", "a") as f:
-            f.write(LIGHT_SERVERS)
-        hub.start(120)
-        try:
-            names = [f"user{i:04d}" for i in range(users)]
-            for i in range(0, users, 200):
-                r = hub.api("POST", "/users", json={"usernames": names[i:i + 200]})
-                assert r.status_code in (201, 409), r.text
-            took = start_sessions(hub, names[:sessions])
-            running = sum(1 for u in hub.api("GET", "/users?state=active&limit=1000").json()
-                          if u["servers"].get("", {}).get("ready"))
-            print(f"{label}: {running} sessions running ({took:.0f} s to start)", flush=True)
-            assert running == sessions, (running, sessions)
-            # as a user with a running session: /api/sessions has a row to show
-            token = hub.create_user(names[0] if sessions else "bench")
-            res = {}
-            for path in ("/sites", "/sessions"):
-                res[path] = timings(f"{hub.url}/services/fedhub/api{path}", token, n)
-            from conftest import ADMIN_TOKEN
-            res["/hub/api/users"] = timings(f"{hub.url}/hub/api/users?limit=200", ADMIN_TOKEN, n)
-            return res
-        finally:
-            for name in names[:sessions]:
-                hub.api("DELETE", f"/users/{name}/server")
-            hub.stop()
+def populate(label: str, hub, users: int, sessions: int) -> dict[str, requests.Session]:
+    """Create the users, start the sessions; sessions to time the routes with."""
+    from conftest import ADMIN_TOKEN
+    names = [f"user{i:04d}" for i in range(users)]
+    for i in range(0, users, 200):
+        r = hub.api("POST", "/users", json={"usernames": names[i:i + 200]})
+        assert r.status_code in (201, 409), r.text
+    took = start_sessions(hub, names[:sessions])
+    running = sum(1 for u in hub.api("GET", "/users?state=active&limit=1000").json()
+                  if u["servers"].get("", {}).get("ready"))
+    print(f"{label}: {users} users, {running} sessions running ({took:.0f} s to start)", flush=True)
+    assert running == sessions, (running, sessions)
+    user, admin = requests.Session(), requests.Session()
+    # as a user with a running session: /api/sessions has a row to show
+    user.headers["Authorization"] = f"token {hub.create_user(names[0] if sessions else 'bench')}"
+    admin.headers["Authorization"] = f"token {ADMIN_TOKEN}"
+    return {"user": user, "admin": admin}
+
+
+ROUTES = [("/services/fedhub/api/sites", "user"), ("/services/fedhub/api/sessions", "user"),
+          ("/hub/api/users?limit=200", "admin")]
 
 
 def main() -> None:
+    import os
     p = argparse.ArgumentParser()
     p.add_argument("--users", type=int, default=1000)
     p.add_argument("--requests", type=int, default=200)
     p.add_argument("--sessions", type=int, default=200, help="running sessions during the measurement")
     a = p.parse_args()
-    sqlite = measure("sqlite", [], a.users, a.requests, a.sessions)
-    import os
-    with PostgresServer() as pg:
+    with tempfile.TemporaryDirectory() as d, PostgresServer() as pg:
         os.environ["PGPASSWORD"] = pg.password
-        postgres = measure("postgres", ["--db-url", pg.create_database("jupyterhub")], a.users, a.requests,
-                           a.sessions)
-    print(f"{a.users} users, {a.sessions} running sessions, {a.requests} requests each; milliseconds")
+        arms = {"sqlite": [], "postgres": ["--db-url", pg.create_database("jupyterhub"),
+                                           "--state-db-url", pg.create_database("fedhub_state")]}
+        hubs, sessions = {}, {}
+        try:
+            for label, args in arms.items():
+                hub = Hub(Path(d) / label, free_port(), ["--no-mlflow", "--no-inference", *args], CATALOGUE)
+                with open(hub.data_dir / "jupyterhub_config.py", "a") as f:
+                    f.write(LIGHT_SERVERS)
+                hubs[label] = hub.start(120)
+                sessions[label] = populate(label, hub, a.users, a.sessions)
+            # alternate the two hubs request by request: both see the same machine load
+            samples = {(label, path): [] for label in arms for path, _ in ROUTES}
+            for i in range(a.requests):
+                for path, who in ROUTES:
+                    order = list(arms) if i % 2 == 0 else list(arms)[::-1]
+                    for label in order:
+                        samples[label, path].append(timed_get(sessions[label][who], hubs[label].url + path))
+        finally:
+            for hub in hubs.values():
+                for u in hub.api("GET", "/users?state=active&limit=1000").json():
+                    hub.api("DELETE", f"/users/{u['name']}/server")
+                hub.stop()
+    print(f"{a.users} users, {a.sessions} running sessions, {a.requests} requests each, alternated; "
+          "milliseconds")
     print(f"{'endpoint':32} {'sqlite p50':>10} {'p99':>7} {'postgres p50':>13} {'p99':>7} {'pg/sqlite p50':>14}")
-    for path in sqlite:
-        (s50, s99), (p50, p99) = sqlite[path], postgres[path]
+    for path, _ in ROUTES:
+        (s50, s99), (p50, p99) = p50_p99(samples["sqlite", path]), p50_p99(samples["postgres", path])
         print(f"{path:32} {s50:10.1f} {s99:7.1f} {p50:13.1f} {p99:7.1f} {p50 / s50:14.2f}")
 
 
