@@ -373,3 +373,40 @@ async def test_site_deployment_writes_the_version_where_its_triton_manifest_poin
         await server.stop(0)
     await manager.undeploy("carol", record["id"])
     assert keys_of(stack, model, "sites") == set()
+
+
+@pytest.mark.hub
+def test_fedhub_up_with_an_s3_model_repository_deploys_serves_and_undeploys_through_the_api(stack, hub_factory):
+    """The whole path through a real `fedhub up --model-repository s3://...`: the fedhub API, its
+    deployment manager and the inference service get the keys from the hub's environment only."""
+    import shutil
+    hub = hub_factory("sites:\n  - {name: here, kind: local, cpus: 2, memory: 4G}\n",
+                      args=["--no-mlflow", "--model-repository", f"s3://{BUCKET}/hub"]).start()
+    token = hub.create_user("dana")
+    home = hub.data_dir / "homes" / "dana"
+    home.mkdir(parents=True, exist_ok=True)
+    pipeline = inference_models.sklearn_digits_model(home, "digits")
+    deadline = time.monotonic() + 120
+    while requests.get(f"{hub.url}/services/inference/v2/health/ready", timeout=10,
+                       headers={"Authorization": f"token {token}"}).status_code != 200:
+        assert time.monotonic() < deadline, hub.log_tail()
+        time.sleep(0.5)
+    r = hub.fedhub_api("/deployments", token, method="POST",
+                       json={"model": str(home / "digits" / "1" / "model.onnx"), "name": "hubbed"})
+    assert r.status_code == 202, r.text
+    dep_id = r.json()["id"]
+    while (record := hub.fedhub_api(f"/deployments/{dep_id}", token).json())["status"] == "deploying":
+        assert time.monotonic() < deadline + 120, hub.log_tail()
+        time.sleep(0.3)
+    assert record["status"] == "ready", f"{record['error']}\n{hub.log_tail()}"
+    model = record["model_name"]
+    assert keys_of(stack, model, "hub") == {"config.pbtxt", "1/model.onnx", "1/.fedhub-version.json"}
+    assert not (hub.data_dir / "models" / model).exists()  # the store holds it, not the hub's folder
+    ports = json.loads((hub.data_dir / "ports.json").read_text())
+    np.testing.assert_array_equal(infer_labels({"http": f"127.0.0.1:{ports['inference_http']}"}, model),
+                                  pipeline.predict(inference_models.digits()[0][:16]))
+    assert stack["env"]["AWS_SECRET_ACCESS_KEY"] not in (hub.data_dir / "fedhub-up.json").read_text()
+    r = hub.fedhub_api(f"/deployments/{dep_id}", token, method="DELETE")
+    assert r.status_code == 200, r.text
+    assert keys_of(stack, model, "hub") == set()
+    shutil.rmtree(home, ignore_errors=True)
