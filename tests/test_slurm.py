@@ -39,6 +39,13 @@ def hub(module_hub_factory, clusters):
     h = module_hub_factory(catalogue(*clusters), args=["--no-mlflow", "--no-inference", "--keep-servers"])
     with open(h.data_dir / "jupyterhub_config.py", "a") as f:
         f.write("\nc.Spawner.poll_interval = 2\n")  # notice jobs cancelled outside the hub quickly
+    # a dataset held at hpc-a, open to everyone: sessions there find it linked in their home
+    (h.data_dir / "scratch" / "digits").mkdir(parents=True)
+    (h.data_dir / "scratch" / "digits" / "README").write_text("digits at hpc-a\n")
+    (h.data_dir / "policy.yaml").write_text(json.dumps({
+        "default": {"sites": "*", "gpu_types": "*"},
+        "datasets": [{"name": "digits", "locations": [{"site": "hpc-a", "path": str(h.data_dir / "scratch" / "digits")}],
+                      "policy": {"allowed_groups": ["*"], "purposes": ["interactive"]}}]}))
     return h.start()
 
 
@@ -100,6 +107,9 @@ def test_session_runs_as_a_slurm_job_with_its_gpu_and_answers_through_the_proxy(
     env = job_env(job_id, a.name)
     assert env["CUDA_VISIBLE_DEVICES"] == "0"  # set by Slurm from GRES, not by fedhub
     assert env["FEDHUB_SITE"] == "hpc-a"
+    # the batch job linked the site's dataset into the home, on the node, before the server started
+    assert (hub.data_dir / "homes" / "sara" / "datasets" / "digits" / "README").read_text() == "digits at hpc-a\n"
+    assert json.loads(env["FEDHUB_DATASETS"]) == {"digits": str(hub.data_dir / "scratch" / "digits")}
     r = requests.get(f"{hub.url}/user/sara/api/status", headers={"Authorization": f"token {token}"})
     assert r.status_code == 200
     hub.stop_server("sara")
