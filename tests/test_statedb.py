@@ -277,3 +277,23 @@ def test_fedhub_up_passes_the_state_database_to_the_api_service_without_its_pass
                        ("postgresql://fedhub:pw@db/fedhub", "--state-db-url: the URL holds a password")):
         with pytest.raises(ValueError, match=words):
             prepared("--state-db-url", bad)
+
+
+def test_damaged_files_of_the_previous_version_never_stop_the_start(tmp_path, state_url):
+    """A duplicated or damaged ledger line, a job with a strange creation time: the database
+    opens, what is sound is imported, and verify() names the record that is missing."""
+    state = tmp_path / "state"
+    state.mkdir()
+    before = write_previous_version_files(state)
+    lines = (state / "ledger.jsonl").read_text().splitlines()
+    damaged = json.loads(lines[1])
+    damaged["sig"] = 12345
+    (state / "ledger.jsonl").write_text("\n".join([lines[0], lines[0], json.dumps(damaged), lines[2]]) + "\n")
+    job_json = next(state.glob("jobs/*/job.json"))
+    job_json.write_text(json.dumps({**json.loads(job_json.read_text()), "created": "yesterday"}))
+    db = open_state_db(state, state_url)
+    ledger = Ledger(state, db=db)
+    assert [r["seq"] for r in ledger.records()] == [0, 2]
+    assert [(p.kind, p.seq) for p in ledger.verify()] == [("removed", 1)]
+    [job] = JobStore(state / "jobs", db).load_all()
+    assert job.id == before["job"].id and job.created == "yesterday"

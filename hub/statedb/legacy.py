@@ -46,6 +46,10 @@ def _jsonl(path: Path) -> list:
     return out
 
 
+def _number(value) -> float:
+    return float(value) if isinstance(value, (int, float)) and not isinstance(value, bool) else 0.0
+
+
 def legacy_files(state_dir: str | Path) -> list[Path]:
     d = Path(state_dir)
     found = [*sorted(d.glob("jobs/*/job.json")), *sorted(d.glob("jobs/*/events.jsonl")),
@@ -68,7 +72,7 @@ def import_legacy_files(db, state_dir: str | Path) -> dict[str, int]:
             if isinstance(doc, dict) and doc.get("id") == path.parent.name:
                 if s.get(JobRow, doc["id"]) is None:
                     s.add(JobRow(id=doc["id"], owner=str(doc.get("owner", "")), state=str(doc.get("state", "")),
-                                 created=float(doc.get("created") or 0), document=doc))
+                                 created=_number(doc.get("created")), document=doc))
                     counts["jobs"] += 1
                 done.append(path)
         for path in (p for p in files if p.name == "events.jsonl"):
@@ -84,7 +88,7 @@ def import_legacy_files(db, state_dir: str | Path) -> dict[str, int]:
             if isinstance(doc, dict) and doc.get("id") == path.stem:
                 if s.get(DeploymentRow, doc["id"]) is None:
                     s.add(DeploymentRow(id=doc["id"], owner=str(doc.get("owner", "")),
-                                        status=str(doc.get("status", "")), created=float(doc.get("created") or 0),
+                                        status=str(doc.get("status", "")), created=_number(doc.get("created")),
                                         document=doc))
                     counts["deployments"] += 1
                 done.append(path)
@@ -108,7 +112,7 @@ def _import_ledger(s, d: Path, files: list[Path], done: list[Path]) -> int:
     ledger_file, head_file = d / "ledger.jsonl", d / "ledger-head.json"
     if ledger_file not in files:
         return 0
-    records = [r for r in _jsonl_all(ledger_file)]
+    records = [r for r in _jsonl_all(ledger_file) if isinstance(r, dict)]
     existing = s.scalar(select(func.count()).select_from(LedgerRecordRow))
     if existing:
         known = set(s.scalars(select(LedgerRecordRow.hash)))
@@ -117,12 +121,16 @@ def _import_ledger(s, d: Path, files: list[Path], done: list[Path]) -> int:
         else:  # two different ledgers: keep the file for the operator, import nothing
             log.warning("%s: not imported, the state database already holds another ledger", ledger_file)
         return 0
-    n = 0
+    n, seen = 0, set()
     for rec in records:
-        if isinstance(rec, dict) and isinstance(rec.get("seq"), int):
-            # copied as signed: verify() will judge them exactly as it judged the file
-            s.add(LedgerRecordRow(**{k: rec.get(k) for k in LEDGER_FIELDS}))
-            n += 1
+        row = _ledger_row(rec)
+        if row is None or row.seq in seen or row.hash in seen:
+            # a damaged or duplicated line: left out, so verify() reports the gap it leaves
+            log.warning("%s: record %r not imported (damaged or duplicated)", ledger_file, rec.get("seq"))
+            continue
+        seen.update((row.seq, row.hash))
+        s.add(row)  # copied as signed: verify() judges it exactly as it judged the file
+        n += 1
     head = _json(head_file) if head_file in files else None
     if isinstance(head, dict):
         row = s.get(LedgerHeadRow, 1)
@@ -130,6 +138,14 @@ def _import_ledger(s, d: Path, files: list[Path], done: list[Path]) -> int:
     done.extend(p for p in (ledger_file, head_file) if p in files)
     s.flush()
     return n
+
+
+def _ledger_row(rec: dict) -> LedgerRecordRow | None:
+    types = {"seq": int, "time": (int, float), "kind": str, "subject": str, "who": str, "body": dict,
+             "parents": list, "prev": str, "key_id": str, "hash": str, "sig": str}
+    if any(not isinstance(rec.get(k), t) or isinstance(rec.get(k), bool) for k, t in types.items()):
+        return None
+    return LedgerRecordRow(**{k: rec[k] for k in LEDGER_FIELDS})
 
 
 def _jsonl_all(path: Path) -> list:
