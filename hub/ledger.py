@@ -243,6 +243,8 @@ class Ledger:
             canonical(body)
         except (TypeError, ValueError) as e:
             raise LedgerError(f"body: expected JSON data ({e})")
+        from .statedb.db import json_safe
+        body = json_safe(body)  # hashed as it is stored: NaN becomes "NaN"
         key = self.key
         # the head row is locked for the whole append (SELECT ... FOR UPDATE on PostgreSQL; the
         # write lock, BEGIN IMMEDIATE, on SQLite): appenders in other processes wait, the chain never forks

@@ -236,3 +236,10 @@ def test_an_exported_chain_verifies_offline_without_database_libraries(ledger, t
     export.write_text(json.dumps(ledger.chain(None, admin=True)))
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
     assert out.stdout.split() == ["4", "['removed']"], out.stderr
+
+
+def test_non_finite_numbers_are_recorded_as_strings_on_every_backend(ledger):
+    """A diverged loss (NaN, inf) is not JSON and PostgreSQL's json type refuses it: stored as its name."""
+    rec = ledger.append("job", "job-nan", "ada", {"loss": float("nan"), "range": [float("inf"), -float("inf"), 1.5]})
+    assert rec["body"] == {"loss": "NaN", "range": ["Infinity", "-Infinity", 1.5]}
+    assert row(ledger, rec["seq"])["body"] == rec["body"] and ledger.verify() == []

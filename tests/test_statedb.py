@@ -75,6 +75,10 @@ def test_job_store_keeps_jobs_and_events_in_the_database(tmp_path, state_url):
     assert [e["message"] for e in again.events(new.id)] == ["a", "b", "c"]
     assert again.events_after(new.id, 2) == [{"seq": 3, "type": "state", "message": "c"}]
     assert again.events_after(new.id, 3) == [] and again.events(old.id) == []
+    new.round_metrics = [{"round": 1, "metrics": {"train_loss": float("nan"), "x": float("inf")}}]
+    store.save(new)  # a diverged loss: not JSON, refused by PostgreSQL's json type as it is
+    assert [j.round_metrics for j in again.load_all()][1] == [{"round": 1, "metrics": {"train_loss": "NaN",
+                                                                                     "x": "Infinity"}}]
     assert again.read_secret(new.id) == "tok"  # the token stays a 0600 file beside the job's work files
     assert (state / "jobs" / new.id / "token").stat().st_mode & 0o777 == 0o600
     with again.db.reading() as s:

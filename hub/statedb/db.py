@@ -9,7 +9,9 @@ every store of this process.
 
 from __future__ import annotations
 
+import json
 import logging
+import math
 import os
 import threading
 from contextlib import contextmanager
@@ -51,17 +53,34 @@ def state_db_url(state_dir: str | Path, url: str | None = None) -> str:
     return sqlalchemy_url(url)
 
 
+def json_safe(data):
+    """NaN and infinities (a diverged loss in a job's metrics) as the strings "NaN", "Infinity",
+    "-Infinity": they are not JSON, and PostgreSQL's json type refuses them."""
+    if isinstance(data, float) and not math.isfinite(data):
+        return "NaN" if math.isnan(data) else ("Infinity" if data > 0 else "-Infinity")
+    if isinstance(data, dict):
+        return {k: json_safe(v) for k, v in data.items()}
+    if isinstance(data, (list, tuple)):
+        return [json_safe(v) for v in data]
+    return data
+
+
+def _json_serializer(data) -> str:
+    return json.dumps(json_safe(data))
+
+
 def make_engine(url: str) -> Engine:
     """An engine for fedhub's state. On SQLite: WAL (readers never wait for the writer), a
     30 s busy wait, and transactions that write take the write lock when they begin
     (BEGIN IMMEDIATE) so two processes never both read-then-write the same version."""
     url = sqlalchemy_url(url)
     if not url.startswith("sqlite"):
-        return create_engine(url, pool_pre_ping=True, pool_size=5, max_overflow=5)
+        return create_engine(url, pool_pre_ping=True, pool_size=5, max_overflow=5, json_serializer=_json_serializer)
     path = url.split("///", 1)[-1]
     if path and path != ":memory:":
         Path(path).parent.mkdir(parents=True, exist_ok=True)
-    engine = create_engine(url, connect_args={"timeout": 30, "check_same_thread": False})
+    engine = create_engine(url, connect_args={"timeout": 30, "check_same_thread": False},
+                           json_serializer=_json_serializer)
 
     @event.listens_for(engine, "connect")
     def _sqlite_connect(dbapi_connection, _record):
