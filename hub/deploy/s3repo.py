@@ -261,9 +261,6 @@ class S3ModelRepository:
     def discard_version(self, model: str, version: int) -> None:
         self._delete(model, str(version))
 
-    def has(self, model: str) -> bool:
-        return bool(self._objects(model))
-
     # ------------------------------------------------------------------ reader (embedded server)
     def model_names(self) -> list[str]:
         folder = self.location.key() + "/" if self.location.key() else ""

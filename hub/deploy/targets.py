@@ -9,7 +9,7 @@ the old version with the config it was packaged with.
 
 The embedded server's repository is a folder (the default) or an S3 bucket prefix
 (`model_repository = s3://...`, fedhub.hub.deploy.s3repo); `embedded_repository` picks one,
-and both offer write / select / remove / discard_version / has.
+and both offer write / select / remove / discard_version.
 """
 
 from __future__ import annotations
@@ -111,9 +111,6 @@ class LocalEmbeddedRepository:
 
     def discard_version(self, model: str, version: int) -> None:
         shutil.rmtree(self.root / model / str(version), ignore_errors=True)
-
-    def has(self, model: str) -> bool:
-        return (self.root / model).exists()
 
 
 def embedded_repository(uri: str, models_dir: Path):
