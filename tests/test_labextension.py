@@ -18,7 +18,8 @@ SRC = ROOT / "labextension"
 BUILT = ROOT / "server_ext" / "labextension"
 NAME = "@fedhub/labextension"
 BIN = Path(sys.executable).parent
-PLUGINS = ("fedhub:experiments", "fedhub:sites", "fedhub:status", "fedhub:federated", "fedhub:deploy")
+PLUGINS = ("fedhub:experiments", "fedhub:sites", "fedhub:status", "fedhub:federated", "fedhub:deploy",
+           "fedhub:expiry")
 ANSI = re.compile(r"\x1b\[[0-9;]*m")
 
 
