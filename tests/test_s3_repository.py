@@ -410,3 +410,32 @@ def test_fedhub_up_with_an_s3_model_repository_deploys_serves_and_undeploys_thro
     assert r.status_code == 200, r.text
     assert keys_of(stack, model, "hub") == set()
     shutil.rmtree(home, ignore_errors=True)
+
+
+def test_server_with_its_store_down_starts_serves_health_and_says_why_a_load_fails(tmp_path):
+    down = free_port()
+    env = {**fedhub_env(), "AWS_ACCESS_KEY_ID": "k", "AWS_SECRET_ACCESS_KEY": "s", "AWS_DEFAULT_REGION": "us-east-1"}
+    bad = subprocess.run([sys.executable, "-m", "fedhub.hub.deploy.server", "--model-repository", "s3://Bad_Bucket/x",
+                          "--http-port", "0", "--grpc-port", "0"], env=env, capture_output=True, text=True, timeout=60)
+    assert bad.returncode == 1 and "--model-repository: 'Bad_Bucket' in 's3://Bad_Bucket/x' is not a valid bucket" \
+        in bad.stderr and "Traceback" not in bad.stderr
+    server = subprocess.Popen([sys.executable, "-m", "fedhub.hub.deploy.server", "--model-repository",
+                               f"s3://127.0.0.1:{down}/{BUCKET}/x", "--http-port", "0", "--grpc-port", "0"],
+                              env=env, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+    try:
+        match = None
+        while match is None:
+            line = server.stdout.readline()
+            assert line, "the server exited"
+            match = READY_LINE.search(line)
+        http = f"http://{match[1]}:{match[2]}"
+        assert requests.get(f"{http}/v2/health/ready", timeout=10).status_code == 200
+        r = requests.post(f"{http}/v2/repository/index", timeout=30)
+        assert r.status_code == 200 and r.json() == []
+        r = requests.post(f"{http}/v2/repository/models/digits/load", timeout=60)
+        assert r.status_code == 400
+        assert f"the S3 endpoint http://127.0.0.1:{down} does not answer" in r.json()["error"]
+        assert requests.get(f"{http}/v2/health/live", timeout=10).status_code == 200
+    finally:
+        server.terminate()
+        server.wait(timeout=20)
