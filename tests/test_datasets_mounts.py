@@ -65,6 +65,17 @@ def test_a_real_folder_in_the_way_is_left_alone_and_named(tmp_path):
     assert (home / "datasets" / "granted").is_dir() and not (home / "datasets" / "granted").is_symlink()
 
 
+def test_a_file_named_datasets_does_not_stop_the_session(tmp_path):
+    home = tmp_path / "home"
+    home.mkdir()
+    (home / "datasets").write_text("not a folder")
+    script = "set -euo pipefail\n" + link_script({"granted": "/data/granted"}, '"$HOME"/datasets') + "echo started"
+    out = subprocess.run(["bash", "-c", script], env={"HOME": str(home), "PATH": os.environ["PATH"]},
+                         capture_output=True, text=True)
+    assert out.returncode == 0 and out.stdout == "started\n", out.stderr
+    assert "datasets not linked" in out.stderr and (home / "datasets").read_text() == "not a folder"
+
+
 def test_the_slurm_batch_script_links_the_datasets_before_the_server(tmp_path):
     home, paths = make_home(tmp_path)
     odd = tmp_path / "it's a path"  # quoting: a path with a quote and a space

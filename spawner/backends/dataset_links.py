@@ -30,19 +30,20 @@ def link_script(datasets: Mapping[str, str], links_dir: str) -> str:
     lines = [
         "# fedhub: link the datasets this session may use, remove links to any other",
         f"fedhub_links={links_dir}",
-        'mkdir -p "$fedhub_links"',
+        # never fail the session (the Slurm script runs with set -e): say what could not be done
+        'mkdir -p "$fedhub_links" || echo "fedhub: cannot create $fedhub_links; datasets not linked" >&2',
         'for fedhub_link in "$fedhub_links"/* "$fedhub_links"/.[!.]*; do',
         '  [ -L "$fedhub_link" ] || continue',
     ]
     if keep:
         lines += ['  case "${fedhub_link##*/}" in', f"    {keep}) ;;",
-                  '    *) rm -f "$fedhub_link" ;;', "  esac"]
+                  '    *) rm -f "$fedhub_link" || true ;;', "  esac"]
     else:
-        lines.append('  rm -f "$fedhub_link"')
+        lines.append('  rm -f "$fedhub_link" || true')
     lines.append("done")
     for name, path in sorted(datasets.items()):
         link = f'"$fedhub_links"/{name}'
-        lines += [f'if [ -L {link} ] || [ ! -e {link} ]; then ln -sfn {shlex.quote(path)} {link}; '
+        lines += [f'if [ -L {link} ] || [ ! -e {link} ]; then ln -sfn {shlex.quote(path)} {link} || true; '
                   f'else echo "fedhub: {LINKS_FOLDER}/{name} exists and is not a link; not linking the dataset" >&2; fi']
     return "\n".join(lines) + "\n"
 
