@@ -237,8 +237,8 @@ class Ledger:
         from .statedb.models import LedgerHeadRow, LedgerRecordRow as Row
         if kind not in KINDS:
             raise LedgerError(f"kind: expected one of {list(KINDS)}, got {kind!r}")
-        if not subject or not isinstance(subject, str):
-            raise LedgerError("subject: expected a non-empty string")
+        if not subject or not isinstance(subject, str) or "\x00" in subject:
+            raise LedgerError("subject: expected a non-empty string without NUL characters")
         try:
             canonical(body)
         except (TypeError, ValueError) as e:

@@ -154,6 +154,8 @@ def test_bad_appends_are_refused(ledger):
         ledger.append("nonsense", "x", "ada", {})
     with pytest.raises(LedgerError, match="parents: unknown"):
         ledger.append("run", "x", "ada", {}, parents=["f" * 64])
+    with pytest.raises(LedgerError, match="subject: expected a non-empty string without NUL"):
+        ledger.append("run", "x\x00y", "ada", {})  # PostgreSQL's text refuses NUL: a 400, not a 500
     with pytest.raises(LedgerError, match="body: expected JSON"):
         ledger.append("run", "x", "ada", {"f": object()})
     assert ledger.verify() == []
@@ -243,3 +245,8 @@ def test_non_finite_numbers_are_recorded_as_strings_on_every_backend(ledger):
     rec = ledger.append("job", "job-nan", "ada", {"loss": float("nan"), "range": [float("inf"), -float("inf"), 1.5]})
     assert rec["body"] == {"loss": "NaN", "range": ["Infinity", "-Infinity", 1.5]}
     assert row(ledger, rec["seq"])["body"] == rec["body"] and ledger.verify() == []
+
+
+def test_nul_characters_inside_a_body_are_kept_on_every_backend(ledger):
+    rec = ledger.append("run", "run-nul", "ada", {"note": "a\x00b"})
+    assert row(ledger, rec["seq"])["body"] == {"note": "a\x00b"} and ledger.verify() == []
