@@ -267,7 +267,10 @@ def test_fedhub_up_passes_the_state_database_to_the_api_service_without_its_pass
     assert e.value.code == 2
     assert "fedhub up: --state-db-url: state database postgresql+psycopg2://fedhub@127.0.0.1:1/fedhub" \
         in capsys.readouterr().err
-    # the default: SQLite in the state dir, nothing passed to the service, migrated on start
+    # the default: SQLite in the state dir, nothing passed to the service, migrated on start,
+    # and the previous version's files (here) imported before the hub starts
+    (tmp_path / "state").mkdir()
+    before = write_previous_version_files(tmp_path / "state")
     app, s = prepared()
     c = Config()
     configure(c, s)
@@ -276,6 +279,10 @@ def test_fedhub_up_passes_the_state_database_to_the_api_service_without_its_pass
     app.migrate_state_db(s)
     assert "(schema 0002)" in capsys.readouterr().out
     assert current_revision(f"sqlite:///{tmp_path / 'state' / 'fedhub-state.sqlite'}") == "0002"
+    assert len(list((tmp_path / "state").rglob("*.imported"))) == 6
+    fresh = StateDB(f"sqlite:///{tmp_path / 'state' / 'fedhub-state.sqlite'}")  # as the API service will
+    assert JobStore(tmp_path / "state" / "jobs", fresh).load_all() == [before["job"]]
+    assert Ledger(tmp_path / "state", db=fresh).verify() == []
     for bad, words in (("mysql://fedhub@db/fedhub", "--state-db-url: expected postgresql://"),
                        ("postgresql://fedhub:pw@db/fedhub", "--state-db-url: the URL holds a password")):
         with pytest.raises(ValueError, match=words):
