@@ -234,18 +234,31 @@ async def test_store_failures_fail_the_step_with_the_reason_and_other_models_kee
     await keeper.undeploy("carol", kept["id"])
 
 
-async def test_undeploy_with_the_store_down_says_so_and_can_be_retried(tmp_path, stack, workspace, monkeypatch):
+async def test_rollback_and_undeploy_with_the_store_down_say_so_and_can_be_retried(tmp_path, stack, workspace,
+                                                                                    monkeypatch):
     _, onnx_file, _ = workspace
     manager = make_manager(tmp_path, stack, workspace)
-    record = await settle(manager, (await manager.deploy("carol", "", {"model": str(onnx_file), "name": "retry"}))["id"])
-    assert record["status"] == "ready", record["error"]
+    body = {"model": str(onnx_file), "name": "retry"}
+    record = await settle(manager, (await manager.deploy("carol", "", body))["id"])
+    record = await settle(manager, (await manager.deploy("carol", "", body))["id"])
+    assert record["status"] == "ready" and record["current_version"] == 2, record["error"]
+    # folder markers and keys that climb out of the model's folder are never copied
+    for junk in ("1/", "1/../../escaped.txt"):
+        stack["s3"].put_object(Bucket=BUCKET, Key=f"{PREFIX}/{record['model_name']}/{junk}", Body=b"")
     monkeypatch.setenv("FEDHUB_S3_ENDPOINT_URL", f"http://127.0.0.1:{free_port()}")
     manager.repository = S3ModelRepository.from_uri(f"s3://{BUCKET}/{PREFIX}")  # as after a restart
+    rolled = await manager.rollback("carol", record["id"])
+    assert rolled["status"] == "ready" and rolled["current_version"] == 2
+    assert rolled["error"].startswith("rollback failed: ") and "does not answer" in rolled["error"]
+    assert triton_http.InferenceServerClient(stack["http"]).is_model_ready(record["model_name"], "2")
     with pytest.raises(DeployError, match="could not be removed: .*does not answer") as e:
         await manager.undeploy("carol", record["id"])
     assert e.value.status == 502 and manager.records[record["id"]]["status"] == "failed"
     monkeypatch.setenv("FEDHUB_S3_ENDPOINT_URL", stack["endpoint"])
     manager.repository = S3ModelRepository.from_uri(f"s3://{BUCKET}/{PREFIX}")
+    rolled = await manager.rollback("carol", record["id"], 1)  # the store is back: the retry works
+    assert rolled["status"] == "ready" and rolled["current_version"] == 1, rolled["error"]
+    assert not any(p.name == "escaped.txt" for p in tmp_path.parent.rglob("escaped.txt"))
     await manager.undeploy("carol", record["id"])
     assert keys_of(stack, record["model_name"]) == set() and record["id"] not in manager.records
 

@@ -219,7 +219,8 @@ class S3ModelRepository:
                 raise
 
     def _delete(self, *parts: str) -> int:
-        keys = [self.location.key(*parts, o["Key"]) for o in self._objects(*parts)]
+        folder = self.location.key(*parts) + "/"
+        keys = [folder + o["Key"] for o in self._objects(*parts)]  # as listed: "1/" markers too
         with self._errors(f"deleting s3://{self.location.bucket}/{self.location.key(*parts)}/"):
             for start in range(0, len(keys), 1000):
                 self.client.delete_objects(Bucket=self.location.bucket, Delete={
@@ -278,7 +279,9 @@ class S3ModelRepository:
         """Copy MODEL/ to dest (the config, and the version folders `served_versions(config,
         available)` picks), reusing cached files whose MD5 matches, and check the copy is
         complete (sizes, ETags, fedhub's manifests) before it replaces dest."""
-        objects = self._objects(model)
+        # folder markers ("1/") and keys that would leave the model's folder are no model files
+        objects = [o for o in self._objects(model)
+                   if o["Key"] and not o["Key"].endswith("/") and ".." not in o["Key"].split("/")]
         if not objects:
             raise ModelNotInStore(f"no model '{model}' in {self.location}")
         by_key = {o["Key"]: o for o in objects}
