@@ -228,6 +228,15 @@ async def test_store_failures_fail_the_step_with_the_reason_and_other_models_kee
         {"version": 1, "config": "", "files": {"model.onnx": {"size": 10, "sha256": "0" * 64}}}).encode())
     r = requests.post(f"http://{stack['http']}/v2/repository/models/partial/load", timeout=60)
     assert r.status_code == 400 and "model.onnx is missing (an incomplete upload?)" in r.json()["error"]
+    # ...and so is a file changed after it was deployed (same size, other bytes)
+    kept_prefix = f"{PREFIX}/{kept['model_name']}/"
+    for obj in s3.list_objects_v2(Bucket=BUCKET, Prefix=kept_prefix)["Contents"]:
+        body = s3.get_object(Bucket=BUCKET, Key=obj["Key"])["Body"].read()
+        if obj["Key"].endswith("model.onnx"):
+            body = bytes(len(body))
+        s3.put_object(Bucket=BUCKET, Key=f"{PREFIX}/tampered/{obj['Key'][len(kept_prefix):]}", Body=body)
+    r = requests.post(f"http://{stack['http']}/v2/repository/models/tampered/load", timeout=60)
+    assert r.status_code == 400 and "1/model.onnx: differs from what was deployed" in r.json()["error"]
     r = requests.post(f"http://{stack['http']}/v2/repository/models/not-there/load", timeout=60)
     assert r.status_code == 404 and "no model 'not-there'" in r.json()["error"]
     np.testing.assert_array_equal(infer_labels(stack, kept["model_name"]), pipeline.predict(X))

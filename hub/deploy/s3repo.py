@@ -277,8 +277,9 @@ class S3ModelRepository:
 
     def sync(self, model: str, dest: Path, served_versions) -> Path:
         """Copy MODEL/ to dest (the config, and the version folders `served_versions(config,
-        available)` picks), reusing cached files whose MD5 matches, and check the copy is
-        complete (sizes, ETags, fedhub's manifests) before it replaces dest."""
+        available)` picks), reusing cached files whose MD5 matches the ETag, and check the copy
+        is complete (every listed object, its size; fedhub's manifests: every file, its SHA-256)
+        before it replaces dest."""
         # folder markers ("1/") and keys that would leave the model's folder are no model files
         objects = [o for o in self._objects(model)
                    if o["Key"] and not o["Key"].endswith("/") and ".." not in o["Key"].split("/")]
@@ -330,8 +331,9 @@ class S3ModelRepository:
             size = path.stat().st_size if path.is_file() else None
             if size != obj["Size"]:
                 raise S3RepositoryError(f"{where}/{key}: copied {size} of {obj['Size']} bytes")
-            if re.fullmatch(r"[0-9a-f]{32}", obj["ETag"]) and _file_digest(path, "md5") != obj["ETag"]:
-                raise S3RepositoryError(f"{where}/{key}: the copy's MD5 differs from the object's ETag")
+        # contents: botocore checks each download against the object's checksum when it has one;
+        # fedhub's versions are also checked against the SHA-256 they were written with. (An ETag
+        # is not always an MD5, e.g. with SSE-KMS: it only decides whether a cached file is reused.)
         for manifest_path in copy.glob(f"*/{VERSION_MANIFEST}"):
             version_dir = manifest_path.parent
             try:
