@@ -30,14 +30,19 @@ def pg():
 
 
 def mlflow_ready(url: str, token: str, timeout: float = 150) -> None:
-    deadline = time.monotonic() + timeout
+    deadline, last = time.monotonic() + timeout, "no answer"
     while time.monotonic() < deadline:
-        r = requests.get(f"{url}/api/2.0/mlflow/experiments/search?max_results=1",
-                         headers={"Authorization": f"Bearer {token}"}, timeout=30)
-        if r.status_code == 200:
-            return
+        try:
+            r = requests.get(f"{url}/api/2.0/mlflow/experiments/search?max_results=1",
+                             headers={"Authorization": f"Bearer {token}"}, timeout=30)
+        except requests.RequestException as e:  # a loaded machine: MLflow's workers still starting
+            last = repr(e)
+        else:
+            if r.status_code == 200:
+                return
+            last = f"{r.status_code} {r.text[:300]}"
         time.sleep(1)
-    raise AssertionError(f"MLflow not up: {r.status_code} {r.text[:300]}")
+    raise AssertionError(f"MLflow not up: {last}")
 
 
 def wait_for(get, done, timeout: float = 120, what: str = ""):
