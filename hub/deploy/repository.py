@@ -16,6 +16,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import re
+import shutil
 import time
 from concurrent.futures import Executor
 from dataclasses import dataclass, field
@@ -197,7 +198,6 @@ class ModelRepository:
             await self._close(old)
             entry.state, entry.reason = "UNAVAILABLE", "unloaded"
             if self.remote is not None:  # the store keeps the files; the next load copies them again
-                import shutil
                 shutil.rmtree(self.root / name, ignore_errors=True)
 
     async def close(self) -> None:
