@@ -341,6 +341,23 @@ def test_fedhub_up_passes_the_s3_repository_and_only_env_credentials_to_the_serv
     app.initialize(["--data-dir", str(tmp_path), "--model-repository", "s3://key:secret@minio:9000/b/p"])
     with pytest.raises(ValueError, match="--model-repository: .*holds credentials"):
         app.prepare()
+    app = FedhubUp()
+    app.initialize(["--data-dir", str(tmp_path), "--model-repository", "ftp://models/x"])
+    with pytest.raises(ValueError, match="--model-repository: expected a folder or s3://bucket/prefix"):
+        app.prepare()
+    # another folder: served and written as today's folder is
+    monkeypatch.chdir(tmp_path)
+    app = FedhubUp()
+    app.initialize(["--data-dir", str(tmp_path), "--model-repository", "elsewhere/models"])
+    s = app.prepare()
+    c = Config()
+    configure(c, s)
+    services = {svc["name"]: svc for svc in c.JupyterHub.services}
+    command = services["inference"]["command"]
+    assert command[command.index("--model-repository") + 1] == str(tmp_path / "elsewhere" / "models")
+    assert json.loads(services["fedhub"]["environment"]["FEDHUB_DEPLOY_SETTINGS"])["model_repository"] == \
+        str(tmp_path / "elsewhere" / "models")
+    assert services["inference"]["environment"] == {}
     # without --model-repository: today's local folder, no S3 variables handed out
     app = FedhubUp()
     app.initialize(["--data-dir", str(tmp_path)])
