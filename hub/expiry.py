@@ -55,6 +55,15 @@ def extend(started: float, end: float, extra_hours: float, limits: TimeLimits) -
     return new_end
 
 
+def within_site(limits: TimeLimits, site_max_hours: float | None) -> TimeLimits:
+    """The limits on a site whose batch system ends jobs after `site_max_hours` (e.g. Slurm's
+    --time): neither the session nor its extensions may outlast it."""
+    if not site_max_hours or site_max_hours >= limits.max_hours:
+        return limits
+    return TimeLimits(default_hours=min(limits.default_hours, site_max_hours), max_hours=site_max_hours,
+                      warn_minutes=limits.warn_minutes)
+
+
 def phase(now: float, end: float, limits: TimeLimits) -> str:
     """'running', 'warning' (within warn_minutes of the end) or 'expired'."""
     if now >= end:
@@ -133,7 +142,7 @@ class ExpiryWatcher:
         for key, s in live.items():
             rec = self.sessions.get(key)
             if rec is None or rec["since"] != s.get("since"):
-                lim = await self.limits(s["user"])
+                lim = within_site(await self.limits(s["user"]), s.get("site_max_hours"))
                 started = float(s.get("since") or now)
                 try:  # the spawn form checked the hours; limits changed since then: the limit wins
                     end = deadline(started, s.get("time_limit_hours"), lim)

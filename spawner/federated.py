@@ -247,9 +247,12 @@ class FederatedSpawner(Spawner):
         child.api_token = self.api_token
         return child
 
-    def _session_info(self, req: SessionRequest, reason: str) -> dict:
+    def _session_info(self, req: SessionRequest, reason: str, site: str) -> dict:
+        # site_max_hours: the expiry watcher ends the session (with its warning) before the
+        # site's walltime does (a Slurm job killed at --time gives no warning)
         return {"session_type": req.session_type, "reason": reason, "since": time.time(),
-                "time_limit_hours": self.time_limit_hours}
+                "time_limit_hours": self.time_limit_hours,
+                "site_max_hours": self.federation.backends[site].max_session_hours}
 
     async def start(self):
         self._events, self._start_done, self._event_signal = [], False, asyncio.Event()
@@ -279,9 +282,13 @@ class FederatedSpawner(Spawner):
             # rank + quota + reserve with no await in between: concurrent spawns cannot double-book
             charged = self._charge_gpus(fed, req)
             alloc = fed.reserve(self._key, cand, req,
-                                {**self._session_info(req, cand.reason), "charged_group": charged})
+                                {**self._session_info(req, cand.reason, cand.site), "charged_group": charged})
             gpus = f", GPUs {cand.gpu_type} {list(alloc.gpu_ids)}" if alloc.gpu_ids else ""
             self._emit(f"Placed on {cand.site} ({cand.reason}){gpus}", 20)
+            walltime = fed.backends[cand.site].max_session_hours
+            if walltime is not None and self.time_limit_hours and self.time_limit_hours > walltime:
+                self._emit(f"{cand.site} runs a session for at most {walltime:g} h (its batch time limit): "
+                           f"this session ends after {walltime:g} h, not {self.time_limit_hours:g} h", 21)
             child = self._starting_child = self._make_child(alloc, req)
             try:
                 async with self._start_slot():
@@ -400,6 +407,8 @@ class FederatedSpawner(Spawner):
                 # the group its GPUs count against, so group quotas still hold after a hub restart
                 "charged_group": self.federation.sessions.get(self._key, (None, {}))[1].get("charged_group", ""),
                 "time_limit_hours": self.time_limit_hours,
+                # when it started: a hub restart must not restart the session's time limit
+                "since": self.federation.sessions.get(self._key, (None, {}))[1].get("since"),
             }
         return state
 
@@ -415,8 +424,9 @@ class FederatedSpawner(Spawner):
         if alloc.site not in fed.backends:
             self.log.warning("%s: saved site %s is no longer in the catalogue", self._log_name, alloc.site)
             return
-        restored = fed.restore(self._key, alloc, {**self._session_info(req, "reconnected after hub restart"),
-                                                  "status": "running",
+        info = self._session_info(req, "reconnected after hub restart", alloc.site)
+        restored = fed.restore(self._key, alloc, {**info, "status": "running",
+                                                  "since": saved.get("since") or info["since"],
                                                   "charged_group": saved.get("charged_group", "")})
         self.request, self.allocation = req, restored or alloc
         self.child = self._make_child(self.allocation, req)

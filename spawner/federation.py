@@ -131,12 +131,17 @@ class Federation:
         if alloc.site not in self.backends:
             self.log.warning("Session %s/%s is on unknown site %s", *key, alloc.site)
             return None
-        try:
-            alloc = self.inventory(alloc.site).allocate(
-                alloc.node, alloc.cpus, alloc.memory, alloc.gpu_type, gpu_ids=alloc.gpu_ids)
-        except InventoryError as e:
-            self.log.warning("Could not re-account session %s/%s: %s", *key, e)
-            return None
+        if self.backends[alloc.site].site_counts_sessions:
+            # the site's own view (Slurm's sinfo) counts the running job, and right after a
+            # restart its nodes are not polled yet: keep the session without reserving twice
+            self.inventory(alloc.site).sessions += 1
+        else:
+            try:
+                alloc = self.inventory(alloc.site).allocate(
+                    alloc.node, alloc.cpus, alloc.memory, alloc.gpu_type, gpu_ids=alloc.gpu_ids)
+            except InventoryError as e:
+                self.log.warning("Could not re-account session %s/%s: %s", *key, e)
+                return None
         self.sessions[key] = (alloc, info)
         self.write_snapshot()
         return alloc

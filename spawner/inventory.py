@@ -227,7 +227,9 @@ class SiteInventory:
 
     def release(self, alloc: Allocation) -> None:
         node = self.nodes.get(alloc.node)
-        if node is None:
+        if node is None:  # gone from the site (or not polled yet): the session still ends
+            self.sessions = max(0, self.sessions - 1)
+            self.version += 1
             return
         self._unindex(node)
         node.cpus_used = max(0.0, node.cpus_used - alloc.cpus)

@@ -165,3 +165,39 @@ async def test_watcher_takes_the_form_hours_and_clamps_to_a_since_lowered_limit(
     await watcher.poll(now=200.0)
     ends = {r["user"]: r["end"] - r["started"] for r in watcher.sessions.values()}
     assert ends == {"a": 1.5 * H, "b": 2 * H, "c": 1 * H}
+
+
+async def test_a_sites_walltime_caps_the_end_and_the_extensions(tmp_path):
+    """On a Slurm site with --time=2:00:00 a session asked for 6 h ends (with its warning) after 2 h,
+    and cannot be extended past the walltime: Slurm would kill it there without a word."""
+    import json
+
+    from fedhub.hub.expiry import ExpiryError, ExpiryWatcher
+
+    (tmp_path / "time-limits.json").write_text(json.dumps({"default": {"default_hours": 4, "max_hours": 12}}))
+
+    class Snapshot:
+        def read(self):
+            return {"sessions": [
+                {"user": "a", "server_name": "", "status": "running", "since": 100.0, "time_limit_hours": 6,
+                 "site_max_hours": 2.0},
+                {"user": "b", "server_name": "", "status": "running", "since": 100.0, "site_max_hours": 2.0},
+                {"user": "c", "server_name": "", "status": "running", "since": 100.0, "time_limit_hours": 1,
+                 "site_max_hours": 2.0},
+                {"user": "d", "server_name": "", "status": "running", "since": 100.0, "time_limit_hours": 6,
+                 "site_max_hours": None}]}
+
+    async def no_groups(user):
+        return []
+
+    async def stop(user, server):
+        raise AssertionError("nothing has ended")
+
+    watcher = ExpiryWatcher(Snapshot(), tmp_path / "state", no_groups, stop)
+    await watcher.poll(now=160.0)
+    ends = {r["user"]: (r["end"] - r["started"]) / H for r in watcher.sessions.values()}
+    assert ends == {"a": 2, "b": 2, "c": 1, "d": 6}
+    with pytest.raises(ExpiryError, match="at most 2.0 h in all"):
+        watcher.extend("a", "", 0.5)
+    assert watcher.extend("c", "", 1)["end"] == 100 + 2 * H  # up to the walltime is fine
+    assert watcher.extend("d", "", 6)["end"] == 100 + 12 * H  # no site limit: the group's 12 h

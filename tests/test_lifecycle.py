@@ -76,6 +76,7 @@ def test_hub_restart_reconnects_running_sessions_then_stop_frees_them(hub_factor
     assert hub.spawn("kim", gpus=2, site="one").status_code in (201, 202)
     assert hub.spawn("lee", gpus=1, site="two").status_code in (201, 202)
     pids = {n: hub.wait_ready(n)["state"]["fedhub"]["child"]["pid"] for n in tokens}
+    since = hub.fedhub_api("/sessions", tokens["lee"]).json()["sessions"][0]["since"]
     hub.stop()
     assert all(psutil.pid_exists(p) for p in pids.values())  # sessions outlive the hub
 
@@ -88,7 +89,10 @@ def test_hub_restart_reconnects_running_sessions_then_stop_frees_them(hub_factor
     # capacity is re-accounted: site one's two GPUs are still held by kim
     sites = {s["name"]: s for s in hub.fedhub_api("/sites", tokens["kim"]).json()["sites"]}
     assert sites["one"]["gpus"][0]["free"] == 0 and sites["two"]["gpus"][0]["free"] == 1
-    assert hub.fedhub_api("/sessions", tokens["lee"]).json()["sessions"][0]["site"] == "two"
+    lee = hub.fedhub_api("/sessions", tokens["lee"]).json()["sessions"][0]
+    assert lee["site"] == "two"
+    assert lee["since"] == since  # the time limit counts from the first start, not from the restart
+    assert lee["site_max_hours"] is None  # a local site ends no session by itself
     hub.create_user("mia")
     assert hub.spawn("mia", gpus=2, site="one").status_code == 409
 

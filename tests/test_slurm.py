@@ -207,11 +207,16 @@ def test_hub_restart_reconnects_sessions_on_both_clusters_and_stop_leaves_no_job
     assert hub.spawn("rae", site="hpc-a", gpus=1).status_code in (201, 202)
     assert hub.spawn("sol", site="hpc-b", gpus=1).status_code in (201, 202)
     jobs = {n: hub.wait_ready(n, timeout=120)["state"]["fedhub"]["child"]["job_id"] for n in tokens}
+    before = {n: hub.fedhub_api("/sessions", t).json()["sessions"][0] for n, t in tokens.items()}
+    # the sites' Slurm --time (the default 8:00:00) caps the session's time limit
+    assert all(s["site_max_hours"] == 8 for s in before.values()), before
     hub.stop()
     hub.start()
     for name, token in tokens.items():
         server = hub.wait_ready(name, timeout=60)
         assert server["state"]["fedhub"]["child"]["job_id"] == jobs[name]
+        # the time limit still counts from the first start
+        assert hub.fedhub_api("/sessions", token).json()["sessions"][0]["since"] == before[name]["since"]
         r = requests.get(f"{hub.url}/user/{name}/api/status", headers={"Authorization": f"token {token}"})
         assert r.status_code == 200, r.text
     for name in tokens:

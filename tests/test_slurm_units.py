@@ -69,6 +69,8 @@ def test_pending_reason():
     ({"poll_interval": 0}, "sites.yaml: sites[0].options.poll_interval: expected a positive number of seconds, got 0"),
     ({"hosts": ["a"]}, "sites.yaml: sites[0].options.hosts: expected a map of node name -> address"),
     ({"runtime": 14400}, "sites.yaml: sites[0].options.runtime: expected a Slurm time string in quotes"),
+    ({"runtime": "4h"}, "sites.yaml: sites[0].options.runtime: expected a Slurm time limit (MM, MM:SS, HH:MM:SS"),
+    ({"runtime": "0"}, "sites.yaml: sites[0].options.runtime: expected a Slurm time limit"),
 ])
 def test_bad_slurm_options_name_the_key(tmp_path, options, message):
     with pytest.raises(CatalogueError) as e:
@@ -99,3 +101,33 @@ def test_overrides_become_a_batch_script_with_gres(tmp_path):
         assert line in script
     cpu_only = b.spawner_overrides(Allocation("hpc", "nodea", 2.5, 2**30), SessionRequest())
     assert cpu_only["req_gres"] == "" and cpu_only["req_nprocs"] == "3"  # never fewer CPUs than asked
+
+
+@pytest.mark.parametrize("runtime, hours", [
+    ("90", 1.5), ("30:00", 0.5), ("2:30:00", 2.5), ("1-12", 36), ("1-0:30", 24.5), ("2-00:00:00", 48),
+    ("UNLIMITED", None),
+])
+def test_the_sites_walltime_is_read_from_its_slurm_runtime(tmp_path, runtime, hours):
+    """Sessions end (with the expiry warning) before Slurm kills the job at --time."""
+    assert backend(tmp_path, runtime=runtime).max_session_hours == hours
+
+
+def test_the_default_runtime_is_the_walltime_too(tmp_path):
+    b = backend(tmp_path)
+    o = b.spawner_overrides(Allocation("hpc", "nodea", 1, 2**30), SessionRequest())
+    assert o["req_runtime"] == "8:00:00" and b.max_session_hours == 8
+
+
+def test_a_session_restored_before_the_first_poll_is_kept(tmp_path):
+    """Right after a hub restart sinfo has not answered yet (no nodes): the running job's session
+    is still fedhub's (listed, its quota charged, its expiry watched); Slurm's view counts it."""
+    (tmp_path / "slurm.conf").write_text("# test\n")
+    conf = tmp_path / "slurm.conf"
+    fed = Federation(catalogue_from_dict({"sites": [
+        {"name": "hpc", "kind": "slurm", "options": {"slurm_conf": str(conf)}}]}, "sites.yaml"))
+    alloc = Allocation("hpc", "nodea", 1, 2**30, "a100", (0,))
+    assert not fed.inventory("hpc").nodes
+    assert fed.restore(("rae", ""), alloc, {"status": "running"}) == alloc
+    assert ("rae", "") in fed.sessions and fed.inventory("hpc").sessions == 1
+    fed.release(("rae", ""))
+    assert fed.inventory("hpc").sessions == 0 and not fed.sessions

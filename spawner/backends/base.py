@@ -47,6 +47,11 @@ class SiteBackend:
     kind = "base"
     #: seconds a start may take on this site before the next site is tried (None: the spawner's)
     start_timeout: float | None = None
+    #: the longest a session may run here (a batch system's walltime), in hours; None: no site limit
+    max_session_hours: float | None = None
+    #: the site's own view of its nodes counts running sessions (a batch system's queue): a
+    #: session restored after a hub restart needs no reservation of its own
+    site_counts_sessions = False
 
     def __init__(self, site: Site, log=None):
         self.site = site

@@ -68,6 +68,29 @@ _GRES_USED_RE = re.compile(r"gpu:([\w.-]+):(\d+)\(IDX:([^)]*)\)")
 _UNUSABLE = ("down", "drain", "fail", "inval", "maint", "future", "unknown", "not_responding")
 
 
+DEFAULT_RUNTIME = "8:00:00"  # --time of session jobs when the site names none
+_SLURM_TIME = re.compile(r"(?:(\d+)-)?(\d+)(?::(\d+))?(?::(\d+))?")
+
+
+def slurm_time_seconds(value: str) -> int:
+    """A Slurm time limit in seconds: MM, MM:SS, HH:MM:SS, D-HH, D-HH:MM or D-HH:MM:SS (sbatch --time)."""
+    m = _SLURM_TIME.fullmatch(value.strip())
+    if not m or value.strip() in ("", "0"):
+        raise ValueError("MM, MM:SS, HH:MM:SS, D-HH, D-HH:MM or D-HH:MM:SS, more than zero")
+    days, a, b, c = m.groups()
+    if days is not None:  # D-HH[:MM[:SS]]
+        secs = int(days) * 86400 + int(a) * 3600 + int(b or 0) * 60 + int(c or 0)
+    elif c is not None:  # HH:MM:SS
+        secs = int(a) * 3600 + int(b) * 60 + int(c)
+    elif b is not None:  # MM:SS
+        secs = int(a) * 60 + int(b)
+    else:  # MM
+        secs = int(a) * 60
+    if secs <= 0:
+        raise ValueError("more than zero")
+    return secs
+
+
 @dataclass
 class SlurmNode:
     name: str
@@ -240,6 +263,7 @@ class SlurmSiteSpawner(MultiSlurmSpawner):
 
 class SlurmBackend(SiteBackend):
     kind = "slurm"
+    site_counts_sessions = True  # sinfo's allocation counts every running job, fedhub's too
     _pollers: dict[str, "asyncio.Task"] = {}
 
     def __new__(cls, site, log=None):
@@ -262,6 +286,13 @@ class SlurmBackend(SiteBackend):
             # unquoted 4:00:00 is a YAML sexagesimal number (14400), which Slurm reads as minutes
             raise SiteOptionError("runtime", "a Slurm time string in quotes, e.g. '4:00:00'",
                                   site.options["runtime"])
+        runtime = str(site.options.get("runtime", DEFAULT_RUNTIME))
+        try:
+            # sessions end before Slurm kills the job: the hub's expiry warns within this walltime
+            if runtime.upper() not in ("UNLIMITED", "INFINITE"):
+                self.max_session_hours = slurm_time_seconds(runtime) / 3600
+        except ValueError as e:
+            raise SiteOptionError("runtime", f"a Slurm time limit ({e})", site.options.get("runtime"))
         if not isinstance(site.options.get("hosts", {}), dict):
             raise SiteOptionError("hosts", "a map of node name -> address", site.options["hosts"])
         self.poll_interval = float(site.options.get("poll_interval", 5))
@@ -406,7 +437,7 @@ class SlurmBackend(SiteBackend):
             "req_partition": str(o.get("partition", "")),
             "req_account": str(o.get("account", "")),
             "req_qos": str(o.get("qos", "")),
-            "req_runtime": str(o.get("runtime", "8:00:00")),
+            "req_runtime": str(o.get("runtime", DEFAULT_RUNTIME)),
             "req_nprocs": str(max(1, math.ceil(allocation.cpus - 1e-9))),
             "req_memory": f"{max(1, allocation.memory // 2**20)}M",
             "req_gres": gres,
