@@ -307,3 +307,44 @@ def test_damaged_files_of_the_previous_version_never_stop_the_start(tmp_path, st
     assert [(p.kind, p.seq) for p in ledger.verify()] == [("removed", 1)]
     [job] = JobStore(state / "jobs", db).load_all()
     assert job.id == before["job"].id and job.created == "yesterday"
+
+
+async def test_a_state_database_that_stops_answering_is_a_503_in_json_not_a_500():
+    """The fedhub API's handlers answer a lost database connection with a retryable 503."""
+    import json as _json
+    import socket
+
+    from sqlalchemy import create_engine, text
+    from tornado.httpclient import AsyncHTTPClient
+    from tornado.web import Application
+
+    from fedhub.hub.service.base import FedhubAPIHandler
+
+    with socket.socket() as s:  # a port nothing listens on: the database is down
+        s.bind(("127.0.0.1", 0))
+        dead = s.getsockname()[1]
+    engine = create_engine(f"postgresql+psycopg2://nobody@127.0.0.1:{dead}/fedhub",
+                           connect_args={"connect_timeout": 2})
+
+    class Jobs(FedhubAPIHandler):
+        def get(self):  # what a store call does when PostgreSQL is gone
+            with engine.connect() as c:
+                c.execute(text("select 1"))
+
+        def post(self):
+            raise ValueError("a bug")
+
+    app = Application([("/api/jobs", Jobs)])
+    server = app.listen(0, "127.0.0.1")
+    port = next(iter(server._sockets.values())).getsockname()[1]
+    try:
+        client = AsyncHTTPClient()
+        r = await client.fetch(f"http://127.0.0.1:{port}/api/jobs", raise_error=False)
+        assert r.code == 503, r.body
+        assert _json.loads(r.body) == {"status": 503, "message":
+                                       "fedhub's state database is not answering; try again shortly"}
+        r = await client.fetch(f"http://127.0.0.1:{port}/api/jobs", method="POST", body=b"{}",
+                               raise_error=False)
+        assert r.code == 500 and b"Traceback" not in r.body and b"a bug" not in r.body
+    finally:
+        server.stop()

@@ -79,7 +79,20 @@ class FedhubAPIHandler(HubOAuthenticated, web.RequestHandler):
                     # expired) token: that is a missing login, not a missing scope
                     status_code, message = 401, "Authentication required: send 'Authorization: token <hub API token>'"
                     self.set_status(401)
+        elif _is_database_down(exc):
+            # the state database (e.g. PostgreSQL) is unreachable: a retryable 503, not a bug
+            status_code, message = 503, "fedhub's state database is not answering; try again shortly"
+            self.set_status(503)
         else:
             message = "Internal error; the hub log has the details"
         self.set_header("Content-Type", "application/json")
         self.finish(json.dumps({"status": status_code, "message": message}))
+
+
+def _is_database_down(exc) -> bool:
+    """A lost or refused database connection (SQLAlchemy's OperationalError / DisconnectionError)."""
+    try:
+        from sqlalchemy.exc import DisconnectionError, OperationalError
+    except ImportError:  # pragma: no cover - the service always has SQLAlchemy
+        return False
+    return isinstance(exc, (OperationalError, DisconnectionError))
