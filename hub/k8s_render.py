@@ -37,6 +37,8 @@ class RenderSettings:
     namespace: str = "fedhub"
     db_url: str = "postgresql+psycopg2://jupyterhub@postgres:5432/jupyterhub"
     mlflow_db_url: str = "postgresql+psycopg2://mlflow@postgres:5432/mlflow"
+    # fedhub's own state (jobs, deployments, ledger); "" = SQLite on the state PVC
+    state_db_url: str = "postgresql+psycopg2://fedhub@postgres:5432/fedhub_state"
     artifacts_uri: str = "s3://fedhub-mlflow/artifacts"
     state_storage: str = "10Gi"
     # Triton on Kubernetes sites reads model repositories here (s3://...; "" = the site's PVC)
@@ -174,6 +176,16 @@ for _service in c.JupyterHub.services:
 '''
 
 
+STATE_DB_CONFIG = '''\
+# fedhub: the API service's state database password (from Secret fedhub-db, key
+# fedhub-state-password) reaches libpq as PGPASSWORD; services do not inherit the hub's environment
+import os
+for _service in c.JupyterHub.services:
+    if _service.get("name") == "fedhub" and os.environ.get("FEDHUB_STATE_PGPASSWORD"):
+        _service.setdefault("environment", {})["PGPASSWORD"] = os.environ["FEDHUB_STATE_PGPASSWORD"]
+'''
+
+
 def triton_settings(s: RenderSettings) -> dict:
     """TritonOnKubernetes settings for the API service ($FEDHUB_TRITON_KUBERNETES), names only."""
     return {"model_repository": s.model_repository, "s3_secret": S3_SECRET, "s3_endpoint": s.s3_endpoint}
@@ -197,6 +209,10 @@ def hub_values(s: RenderSettings, site_secrets: dict[str, list[str]], has_policy
         service_env["FEDHUB_TRITON_KUBERNETES"] = json.dumps(triton_settings(s))
         extra_env += [_secret_env(k, S3_SECRET, k) for k in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY")]
         extra_config["fedhub-s3-models"] = S3_MODELS_CONFIG
+    if s.state_db_url:  # jobs, deployments and the ledger in PostgreSQL, not on the state PVC
+        service_env["FEDHUB_STATE_DB_URL"] = s.state_db_url
+        extra_env.append(_secret_env("FEDHUB_STATE_PGPASSWORD", DB_SECRET, "fedhub-state-password"))
+        extra_config["fedhub-state-db"] = STATE_DB_CONFIG
     return {"hub": {
         "image": {"name": name, "tag": tag},
         # the password reaches libpq as PGPASSWORD, so the URL holds none
@@ -231,8 +247,9 @@ def render(catalogue: dict, policy: dict | None, s: RenderSettings) -> dict[str,
         "pvc-fedhub-state.yaml": state_pvc(s.state_storage, s.namespace),
         "deployment-fedhub-mlflow.yaml": mlflow_deployment(s),
         "service-fedhub-mlflow.yaml": mlflow_service(s.namespace),
-        f"secret-{DB_SECRET}.yaml": secret_template(DB_SECRET, ["jupyterhub-password", "mlflow-password"],
-                                                   s.namespace),
+        f"secret-{DB_SECRET}.yaml": secret_template(
+            DB_SECRET, ["jupyterhub-password", "mlflow-password"] + (["fedhub-state-password"] if s.state_db_url
+                                                                      else []), s.namespace),
         f"secret-{S3_SECRET}.yaml": secret_template(
             S3_SECRET, ["AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "MLFLOW_S3_ENDPOINT_URL"], s.namespace),
     }
@@ -252,13 +269,17 @@ def main(argv=None) -> int:
     p.add_argument("--mlflow-db-url", default=RenderSettings.mlflow_db_url,
                    help="MLflow backend store URL, without password")
     p.add_argument("--artifacts-uri", default=RenderSettings.artifacts_uri, help="MLflow artifacts (s3://...)")
+    p.add_argument("--state-db-url", default=RenderSettings.state_db_url,
+                   help="fedhub's state database (jobs, deployments, ledger), without password; "
+                        "'' keeps it in SQLite on the state volume")
     p.add_argument("--model-repository", default="", help="s3://bucket/prefix (or s3://host:port/bucket/prefix) "
                    "Triton on the Kubernetes sites reads model repositories from; keys from Secret fedhub-s3")
     p.add_argument("--s3-endpoint", default="", help="the S3-compatible store's http(s)://host:port, as the "
                    "sites' Triton pods reach it (default: AWS S3, or the host:port in --model-repository)")
     p.add_argument("--out", default="", help="folder to write the files to (default: print them)")
     args = p.parse_args(argv)
-    for option, url in (("--db-url", args.db_url), ("--mlflow-db-url", args.mlflow_db_url)):
+    for option, url in (("--db-url", args.db_url), ("--mlflow-db-url", args.mlflow_db_url),
+                        ("--state-db-url", args.state_db_url)):
         if "@" in url and ":" in url.split("://", 1)[-1].split("@", 1)[0]:
             print(f"fedhub k8s render: {option} holds a password; put it in Secret {DB_SECRET} "
                   "and give the URL without it", file=sys.stderr)
@@ -282,7 +303,8 @@ def main(argv=None) -> int:
         return 2
     files = render(raw, policy, RenderSettings(image=args.image, namespace=args.namespace, db_url=args.db_url,
                                                mlflow_db_url=args.mlflow_db_url, artifacts_uri=args.artifacts_uri,
-                                               model_repository=args.model_repository, s3_endpoint=args.s3_endpoint))
+                                               model_repository=args.model_repository, s3_endpoint=args.s3_endpoint,
+                                               state_db_url=args.state_db_url))
     if args.out:
         out = Path(args.out)
         out.mkdir(parents=True, exist_ok=True)

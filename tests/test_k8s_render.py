@@ -124,6 +124,35 @@ def test_hub_values_wire_the_spawner_services_database_and_image(files):
     assert {r["name"] for r in c.JupyterHub.load_roles} >= {"user", "server", "fedhub-service"}
 
 
+def test_the_fedhub_service_keeps_its_state_in_postgres_with_the_password_from_a_secret(files):
+    hub = files["values.yaml"]["hub"]
+    env = hub["services"]["fedhub"]["environment"]
+    assert env["FEDHUB_STATE_DB_URL"] == RenderSettings.state_db_url and "@" in env["FEDHUB_STATE_DB_URL"]
+    assert {"name": "FEDHUB_STATE_PGPASSWORD", "valueFrom": {"secretKeyRef": {
+        "name": "fedhub-db", "key": "fedhub-state-password"}}} in hub["extraEnv"]
+    assert "fedhub-state-password" in files["secret-fedhub-db.yaml"]["stringData"]
+    # the extraConfig hands the hub pod's secret to the service as libpq's PGPASSWORD
+    import os
+    c = Config()
+    c.JupyterHub.services = [{"name": "fedhub"}, {"name": "mlflow"}]
+    os.environ["FEDHUB_STATE_PGPASSWORD"] = "from-the-secret"
+    try:
+        exec(compile(hub["extraConfig"]["fedhub-state-db"], "extraConfig", "exec"), {"c": c})
+    finally:
+        del os.environ["FEDHUB_STATE_PGPASSWORD"]
+    assert c.JupyterHub.services[0]["environment"] == {"PGPASSWORD": "from-the-secret"}
+    assert "environment" not in c.JupyterHub.services[1]
+
+
+def test_without_a_state_database_url_the_state_stays_in_sqlite_on_the_volume(config):
+    _, catalogue, policy = config
+    files = render(catalogue, policy, RenderSettings(state_db_url=""))
+    hub = files["values.yaml"]["hub"]
+    assert "FEDHUB_STATE_DB_URL" not in hub["services"]["fedhub"]["environment"]
+    assert "fedhub-state-db" not in hub["extraConfig"]
+    assert "fedhub-state-password" not in files["secret-fedhub-db.yaml"]["stringData"]
+
+
 def test_site_credentials_come_from_secrets_by_name(files):
     cm = files["configmap-fedhub-config.yaml"]
     sites = {s["name"]: s for s in yaml.safe_load(cm["data"]["sites.yaml"])["sites"]}
@@ -183,6 +212,9 @@ def test_cli_refuses_a_password_in_a_database_url(config):
                "--db-url", "postgresql://hub:hunter2@db:5432/hub")
     assert r.returncode == 2
     assert "--db-url holds a password" in r.stderr and "fedhub-db" in r.stderr and "hunter2" not in r.stdout
+    r = fedhub("k8s", "render", "--catalogue", str(tmp / "sites.yaml"),
+               "--state-db-url", "postgresql://fedhub:hunter2@db:5432/state")
+    assert r.returncode == 2 and "--state-db-url holds a password" in r.stderr
 
 
 def test_cli_names_the_file_and_key_of_a_bad_catalogue(tmp_path):
