@@ -139,21 +139,18 @@ def test_time_limit_from_the_spawn_request_and_extend_through_the_session(hub_fa
     assert hub.fedhub_api("/expiry", tok).json()["sessions"][0]["end"] == pytest.approx(rec["end"] + 0.5 * H)
 
 
-async def test_watcher_takes_the_form_hours_and_clamps_to_a_since_lowered_limit(tmp_path):
-    """The watcher reads each session's `time_limit_hours` from the hub's snapshot; hours the form
-    accepted before the limits file was lowered end at the new max instead of stopping the watcher."""
+def watcher_over(tmp_path, sessions: list[dict], default_limits: dict):
+    """An ExpiryWatcher reading `sessions` as the hub's snapshot, with these default limits,
+    no groups, and no session due to end."""
     import json
 
     from fedhub.hub.expiry import ExpiryWatcher
 
-    (tmp_path / "time-limits.json").write_text(json.dumps({"default": {"default_hours": 1, "max_hours": 2}}))
+    (tmp_path / "time-limits.json").write_text(json.dumps({"default": default_limits}))
 
-    class Snapshot:  # the SnapshotStore's read side, over a dict
+    class Snapshot:  # the SnapshotStore's read side, over a list
         def read(self):
-            return {"sessions": [
-                {"user": "a", "server_name": "", "status": "running", "since": 100.0, "time_limit_hours": 1.5},
-                {"user": "b", "server_name": "", "status": "running", "since": 100.0, "time_limit_hours": 9},
-                {"user": "c", "server_name": "", "status": "running", "since": 100.0}]}
+            return {"sessions": [{"server_name": "", "status": "running", "since": 100.0, **s} for s in sessions]}
 
     async def no_groups(user):
         return []
@@ -161,42 +158,33 @@ async def test_watcher_takes_the_form_hours_and_clamps_to_a_since_lowered_limit(
     async def stop(user, server):
         raise AssertionError("nothing has ended")
 
-    watcher = ExpiryWatcher(Snapshot(), tmp_path / "state", no_groups, stop)
+    return ExpiryWatcher(Snapshot(), tmp_path / "state", no_groups, stop)
+
+
+def lengths(watcher) -> dict[str, float]:
+    return {r["user"]: (r["end"] - r["started"]) / H for r in watcher.sessions.values()}
+
+
+async def test_watcher_takes_the_form_hours_and_clamps_to_a_since_lowered_limit(tmp_path):
+    """The watcher reads each session's `time_limit_hours` from the hub's snapshot; hours the form
+    accepted before the limits file was lowered end at the new max instead of stopping the watcher."""
+    watcher = watcher_over(tmp_path, [{"user": "a", "time_limit_hours": 1.5}, {"user": "b", "time_limit_hours": 9},
+                                      {"user": "c"}], {"default_hours": 1, "max_hours": 2})
     await watcher.poll(now=200.0)
-    ends = {r["user"]: r["end"] - r["started"] for r in watcher.sessions.values()}
-    assert ends == {"a": 1.5 * H, "b": 2 * H, "c": 1 * H}
+    assert lengths(watcher) == {"a": 1.5, "b": 2, "c": 1}
 
 
 async def test_a_sites_walltime_caps_the_end_and_the_extensions(tmp_path):
     """On a Slurm site with --time=2:00:00 a session asked for 6 h ends (with its warning) after 2 h,
     and cannot be extended past the walltime: Slurm would kill it there without a word."""
-    import json
+    from fedhub.hub.expiry import ExpiryError
 
-    from fedhub.hub.expiry import ExpiryError, ExpiryWatcher
-
-    (tmp_path / "time-limits.json").write_text(json.dumps({"default": {"default_hours": 4, "max_hours": 12}}))
-
-    class Snapshot:
-        def read(self):
-            return {"sessions": [
-                {"user": "a", "server_name": "", "status": "running", "since": 100.0, "time_limit_hours": 6,
-                 "site_max_hours": 2.0},
-                {"user": "b", "server_name": "", "status": "running", "since": 100.0, "site_max_hours": 2.0},
-                {"user": "c", "server_name": "", "status": "running", "since": 100.0, "time_limit_hours": 1,
-                 "site_max_hours": 2.0},
-                {"user": "d", "server_name": "", "status": "running", "since": 100.0, "time_limit_hours": 6,
-                 "site_max_hours": None}]}
-
-    async def no_groups(user):
-        return []
-
-    async def stop(user, server):
-        raise AssertionError("nothing has ended")
-
-    watcher = ExpiryWatcher(Snapshot(), tmp_path / "state", no_groups, stop)
+    watcher = watcher_over(tmp_path, [
+        {"user": "a", "time_limit_hours": 6, "site_max_hours": 2.0}, {"user": "b", "site_max_hours": 2.0},
+        {"user": "c", "time_limit_hours": 1, "site_max_hours": 2.0},
+        {"user": "d", "time_limit_hours": 6, "site_max_hours": None}], {"default_hours": 4, "max_hours": 12})
     await watcher.poll(now=160.0)
-    ends = {r["user"]: (r["end"] - r["started"]) / H for r in watcher.sessions.values()}
-    assert ends == {"a": 2, "b": 2, "c": 1, "d": 6}
+    assert lengths(watcher) == {"a": 2, "b": 2, "c": 1, "d": 6}
     with pytest.raises(ExpiryError, match="at most 2.0 h in all"):
         watcher.extend("a", "", 0.5)
     assert watcher.extend("c", "", 1)["end"] == 100 + 2 * H  # up to the walltime is fine
