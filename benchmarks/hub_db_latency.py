@@ -1,7 +1,7 @@
 """Hub API latency with many users in the database: SQLite (fedhub up's default) vs PostgreSQL,
 side by side. Not run in CI.
 
-    .venv/bin/python benchmarks/hub_db_latency.py [--users 1000] [--requests 200]
+    .venv/bin/python benchmarks/hub_db_latency.py [--users 1000] [--sessions 200] [--requests 200] [--rounds 2]
 
 Starts a real hub (fedhub up) per database, creates the users in bulk through the hub's
 REST API, then times GET /services/fedhub/api/sites and /services/fedhub/api/sessions (as a
@@ -9,7 +9,7 @@ user) and GET /hub/api/users (admin), with --sessions of those users' servers ru
 
 The running sessions are real processes placed by FederatedSpawner on the local site, but
 their command is JupyterHub's own minimal single-user server (jupyterhub.tests.mocksu,
-~25 MB) instead of JupyterLab (~130 MB): 200 JupyterLab servers do not fit in this
+~50 MB) instead of JupyterLab (~130 MB): 200 JupyterLab servers do not fit in this
 machine's memory, and what is measured here is the hub's database and the fedhub API, which
 hold the same rows and snapshot entries either way."""
 
@@ -44,6 +44,15 @@ def start_sessions(hub, names: list[str], batch: int = 20) -> float:
         for name in group:
             hub.wait_ready(name, timeout=300)
     return time.monotonic() - t0
+
+
+def stop_sessions_under(folder: str) -> None:
+    """Stop every session server whose home is under `folder` (left running by a hub that died)."""
+    import psutil
+    for p in psutil.process_iter(["cmdline", "cwd"]):
+        if "jupyterhub.tests.mocksu" in " ".join(p.info["cmdline"] or []) and \
+                (p.info["cwd"] or "").startswith(str(folder)):
+            p.kill()
 
 
 def timed_get(session: requests.Session, url: str) -> float:
@@ -82,39 +91,48 @@ ROUTES = [("/services/fedhub/api/sites", "user"), ("/services/fedhub/api/session
           ("/hub/api/users?limit=200", "admin")]
 
 
+def measure_arm(label: str, args: list[str], folder: Path, a) -> dict[str, list[float]]:
+    """One hub: users and running sessions in its database, then each route timed in turn."""
+    hub = Hub(folder, free_port(), ["--no-mlflow", "--no-inference", *args], CATALOGUE)
+    with open(hub.data_dir / "jupyterhub_config.py", "a") as f:
+        f.write(LIGHT_SERVERS)
+    try:
+        hub.start(120)
+        who = populate(label, hub, a.users, a.sessions)
+        samples: dict[str, list[float]] = {path: [] for path, _ in ROUTES}
+        for _ in range(a.requests):
+            for path, role in ROUTES:
+                samples[path].append(timed_get(who[role], hub.url + path))
+        return samples
+    except Exception:
+        print(f"--- {label} hub log (tail)\n{hub.log_tail()}", file=sys.stderr)
+        raise
+    finally:
+        hub.stop()
+        stop_sessions_under(str(folder))
+
+
 def main() -> None:
     import os
     p = argparse.ArgumentParser()
     p.add_argument("--users", type=int, default=1000)
     p.add_argument("--requests", type=int, default=200)
     p.add_argument("--sessions", type=int, default=200, help="running sessions during the measurement")
+    p.add_argument("--rounds", type=int, default=2, help="hubs per database, the order alternating")
     a = p.parse_args()
+    samples = {(label, path): [] for label in ("sqlite", "postgres") for path, _ in ROUTES}
     with tempfile.TemporaryDirectory() as d, PostgresServer() as pg:
         os.environ["PGPASSWORD"] = pg.password
-        arms = {"sqlite": [], "postgres": ["--db-url", pg.create_database("jupyterhub"),
-                                           "--state-db-url", pg.create_database("fedhub_state")]}
-        hubs, sessions = {}, {}
-        try:
-            for label, args in arms.items():
-                hub = Hub(Path(d) / label, free_port(), ["--no-mlflow", "--no-inference", *args], CATALOGUE)
-                with open(hub.data_dir / "jupyterhub_config.py", "a") as f:
-                    f.write(LIGHT_SERVERS)
-                hubs[label] = hub.start(120)
-                sessions[label] = populate(label, hub, a.users, a.sessions)
-            # alternate the two hubs request by request: both see the same machine load
-            samples = {(label, path): [] for label in arms for path, _ in ROUTES}
-            for i in range(a.requests):
-                for path, who in ROUTES:
-                    order = list(arms) if i % 2 == 0 else list(arms)[::-1]
-                    for label in order:
-                        samples[label, path].append(timed_get(sessions[label][who], hubs[label].url + path))
-        finally:
-            for hub in hubs.values():
-                for u in hub.api("GET", "/users?state=active&limit=1000").json():
-                    hub.api("DELETE", f"/users/{u['name']}/server")
-                hub.stop()
-    print(f"{a.users} users, {a.sessions} running sessions, {a.requests} requests each, alternated; "
-          "milliseconds")
+        # one hub at a time: 2 x 200 running servers do not fit in this machine's memory
+        for r in range(a.rounds):
+            arms = {"sqlite": [], "postgres": ["--db-url", pg.create_database(f"jupyterhub{r}"),
+                                               "--state-db-url", pg.create_database(f"fedhub_state{r}")]}
+            for label in (list(arms) if r % 2 == 0 else list(arms)[::-1]):
+                got = measure_arm(label, arms[label], Path(d) / f"{label}{r}", a)
+                for path, ms in got.items():
+                    samples[label, path] += ms
+    print(f"{a.users} users, {a.sessions} running sessions, {a.requests} requests per route per hub, "
+          f"{a.rounds} round(s) alternating which database goes first; milliseconds")
     print(f"{'endpoint':32} {'sqlite p50':>10} {'p99':>7} {'postgres p50':>13} {'p99':>7} {'pg/sqlite p50':>14}")
     for path, _ in ROUTES:
         (s50, s99), (p50, p99) = p50_p99(samples["sqlite", path]), p50_p99(samples["postgres", path])
