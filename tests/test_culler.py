@@ -97,9 +97,7 @@ def test_culler_spares_busy_kernel_and_terminal_and_culls_the_idle(hub_factory):
         assert a["busy_kernels"] == 1 and b["terminal_processes"] >= 1, (a, b)
         decisions = cull_once(hub.url, ADMIN_TOKEN, idle_timeout=0, now=time.time() + 3600)
     finally:
-        kws.close()
-        tws.close()
-        loop.close()
+        close_in(loop, kws, tws)
     assert decisions["cull-kern/"].cull is False and "kernel(s) busy" in decisions["cull-kern/"].reason
     assert decisions["cull-term/"].cull is False and "terminals" in decisions["cull-term/"].reason
     assert decisions["cull-idle/"].cull is True
@@ -109,6 +107,16 @@ def test_culler_spares_busy_kernel_and_terminal_and_culls_the_idle(hub_factory):
     assert hub.server("cull-idle") is None
     assert hub.server("cull-kern")["ready"] and hub.server("cull-term")["ready"]
     assert (home / "keep.txt").read_text() == "mine"  # culling loses no files
+
+
+def close_in(loop, *sockets) -> None:
+    """Close websockets on the loop they run on, then the loop. Closed outside a running loop,
+    tornado's write future would attach to whatever loop is current (an earlier test's, closed)."""
+    async def close():
+        for ws in sockets:
+            ws.close()
+    loop.run_until_complete(close())
+    loop.close()
 
 
 async def busy_kernel(hub, user: str, token: str):
@@ -152,8 +160,7 @@ def test_fedhub_up_cull_idle_runs_the_culler_in_the_api_service(hub_factory):
         assert hub.server("svc-idle") is None, hub.log_tail()
         assert hub.server("svc-busy")["ready"]
     finally:
-        kws.close()
-        loop.close()
+        close_in(loop, kws)
 
 
 def test_fedhub_up_refuses_a_negative_cull_idle(tmp_path):
