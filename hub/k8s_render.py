@@ -165,25 +165,24 @@ c.JupyterHub.load_roles = [
 '''
 
 
-S3_MODELS_CONFIG = '''\
-# fedhub: the API service writes Triton model repositories to S3 with the hub pod's keys
-# (from Secret fedhub-s3); JupyterHub services do not inherit the hub's environment
-import os
-for _service in c.JupyterHub.services:
-    if _service.get("name") == "fedhub":
-        _service.setdefault("environment", {}).update(
-            {k: os.environ[k] for k in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY") if k in os.environ})
-'''
+def pass_to_fedhub_service(why: str, names: dict[str, str]) -> str:
+    """hub.extraConfig that hands the hub pod's environment variables (pod name -> service name)
+    to the fedhub API service: JupyterHub services do not inherit the hub's environment."""
+    return (f"# fedhub: {why}\nimport os\n"
+            "for _service in c.JupyterHub.services:\n"
+            "    if _service.get(\"name\") == \"fedhub\":\n"
+            f"        _service.setdefault(\"environment\", {{}}).update(\n"
+            f"            {{v: os.environ[k] for k, v in {names!r}.items() if os.environ.get(k)}})\n")
 
 
-STATE_DB_CONFIG = '''\
-# fedhub: the API service's state database password (from Secret fedhub-db, key
-# fedhub-state-password) reaches libpq as PGPASSWORD; services do not inherit the hub's environment
-import os
-for _service in c.JupyterHub.services:
-    if _service.get("name") == "fedhub" and os.environ.get("FEDHUB_STATE_PGPASSWORD"):
-        _service.setdefault("environment", {})["PGPASSWORD"] = os.environ["FEDHUB_STATE_PGPASSWORD"]
-'''
+# the API service writes Triton model repositories to S3 with the hub pod's keys (Secret fedhub-s3)
+S3_MODELS_CONFIG = pass_to_fedhub_service(
+    "the S3 keys for Triton model repositories (Secret fedhub-s3)",
+    {"AWS_ACCESS_KEY_ID": "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY": "AWS_SECRET_ACCESS_KEY"})
+# the state database's password (Secret fedhub-db, key fedhub-state-password) reaches libpq as PGPASSWORD
+STATE_DB_CONFIG = pass_to_fedhub_service(
+    "the state database's password as libpq's PGPASSWORD (Secret fedhub-db)",
+    {"FEDHUB_STATE_PGPASSWORD": "PGPASSWORD"})
 
 
 def triton_settings(s: RenderSettings) -> dict:

@@ -400,15 +400,16 @@ class FederatedSpawner(Spawner):
     def get_state(self):
         state = super().get_state()
         if self.child is not None and self.allocation is not None:
+            info = self.federation.sessions.get(self._key, (None, {}))[1]
             state["fedhub"] = {
                 "allocation": self.allocation.to_dict(),
                 "request": self.request.to_dict() if self.request else None,
                 "child": self.child.get_state(),
                 # the group its GPUs count against, so group quotas still hold after a hub restart
-                "charged_group": self.federation.sessions.get(self._key, (None, {}))[1].get("charged_group", ""),
+                "charged_group": info.get("charged_group", ""),
                 "time_limit_hours": self.time_limit_hours,
                 # when it started: a hub restart must not restart the session's time limit
-                "since": self.federation.sessions.get(self._key, (None, {}))[1].get("since"),
+                "since": info.get("since"),
             }
         return state
 
