@@ -59,6 +59,7 @@ class Hub:
     # -------------------------------------------------------------- process
     def start(self, timeout: float = 60) -> "Hub":
         log = open(self.log_path, "ab")
+        log_start = log.tell()
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "fedhub.server_ext.cli", "up", "--port", str(self.port),
              "--data-dir", str(self.data_dir), *self.args],
@@ -68,7 +69,10 @@ class Hub:
             if self.proc.poll() is not None:
                 raise RuntimeError(f"fedhub up exited {self.proc.returncode}:\n{self.log_tail()}")
             try:
-                if requests.get(f"{self.url}/hub/api/", timeout=2).status_code == 200:
+                # The hub answers its API before its services' proxy routes are
+                # added; JupyterHub logs this line once they are.
+                if (requests.get(f"{self.url}/hub/api/", timeout=2).status_code == 200
+                        and self._log_since(log_start, "JupyterHub is now running")):
                     return self
             except requests.RequestException:
                 pass
@@ -83,6 +87,11 @@ class Hub:
             except subprocess.TimeoutExpired:
                 os.killpg(self.proc.pid, signal.SIGKILL)
                 self.proc.wait()
+
+    def _log_since(self, offset: int, text: str) -> bool:
+        with open(self.log_path, "rb") as f:
+            f.seek(offset)
+            return text.encode() in f.read()
 
     def log_tail(self, n: int = 60) -> str:
         try:
