@@ -21,6 +21,7 @@ from traitlets import Bool, Float, Int, List, Unicode, default
 from traitlets.config import Application
 
 from .catalogue import DEFAULT_CATALOGUE_YAML, CatalogueError, catalogue_from_dict, read_yaml
+from .statedb.db import URL_SCHEMES as STATE_DB_URL_SCHEMES, sqlalchemy_url, sqlite_url
 
 PORT_NAMES = ("hub", "proxy_api", "fedhub_api", "mlflow", "mlflow_internal",
               "inference", "inference_http", "inference_grpc")
@@ -51,14 +52,6 @@ def check_database_urls(urls: dict[str, str]) -> None:
         if url and urlsplit(url).password:
             raise ValueError(f"{option}: the URL holds a password; give it without one and set "
                              "$PGPASSWORD (or ~/.pgpass) in the environment instead")
-
-
-def sqlalchemy_url(url: str) -> str:
-    """postgresql:// means psycopg (v3) to SQLAlchemy 2.1; fedhub ships psycopg2 ([hub] extra)."""
-    for scheme in ("postgresql://", "postgres://"):
-        if url.startswith(scheme):
-            return "postgresql+psycopg2://" + url[len(scheme):]
-    return url
 
 
 class FedhubUp(Application):
@@ -185,7 +178,7 @@ class FedhubUp(Application):
             catalogue.write_text(DEFAULT_CATALOGUE_YAML)
         check_database_urls({"--db-url": self.db_url, "--mlflow-db-url": self.mlflow_db_url,
                              "--state-db-url": self.state_db_url})
-        if self.state_db_url and not self.state_db_url.startswith(("sqlite:", "postgresql", "postgres:")):
+        if self.state_db_url and not self.state_db_url.startswith(STATE_DB_URL_SCHEMES):
             raise ValueError(f"--state-db-url: expected postgresql://user@host:port/db or sqlite:///<file>, "
                              f"got {self.state_db_url.split(':', 1)[0]}:...")
         model_repository = self._model_repository()
@@ -263,7 +256,7 @@ class FedhubUp(Application):
         from .statedb import StateDBError, current_revision, open_state_db
         try:
             state = Path(s["data_dir"]) / "state"
-            db = open_state_db(state, s.get("state_db_url") or f"sqlite:///{state / 'fedhub-state.sqlite'}")
+            db = open_state_db(state, s.get("state_db_url") or sqlite_url(state))
         except StateDBError as e:
             print(f"fedhub up: --state-db-url: {e}", file=sys.stderr)
             raise SystemExit(2)

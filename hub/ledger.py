@@ -154,7 +154,7 @@ def verify(records: list[dict], public_key: Ed25519PublicKey, head: dict | None 
 
 # ---------------------------------------------------------------- the store
 
-RECORD_FIELDS = ("seq", "time", "kind", "subject", "who", "body", "parents", "prev", "key_id", "hash", "sig")
+RECORD_FIELDS = (*HASHED_FIELDS, "hash", "sig")  # what a record holds: the hashed fields, hash, signature
 
 
 def _as_record(row) -> dict:

@@ -134,7 +134,7 @@ class Federation:
         if self.backends[alloc.site].site_counts_sessions:
             # the site's own view (Slurm's sinfo) counts the running job, and right after a
             # restart its nodes are not polled yet: keep the session without reserving twice
-            self.inventory(alloc.site).sessions += 1
+            self.inventory(alloc.site).count_restored()
         else:
             try:
                 alloc = self.inventory(alloc.site).allocate(

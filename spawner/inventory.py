@@ -225,6 +225,12 @@ class SiteInventory:
         self.version += 1
         return Allocation(self.site, node_name, cpus, memory, gpu_type if chosen else "", chosen)
 
+    def count_restored(self) -> None:
+        """Count a session restored after a hub restart on a site whose own view (Slurm's sinfo)
+        already holds its resources: nothing is reserved twice, but the session counts."""
+        self.sessions += 1
+        self.version += 1
+
     def release(self, alloc: Allocation) -> None:
         node = self.nodes.get(alloc.node)
         if node is None:  # gone from the site (or not polled yet): the session still ends

@@ -182,6 +182,14 @@ def module_hub_factory(tmp_path_factory):
         kill_sessions_of(hub.data_dir)
 
 
+@pytest.fixture(scope="module")
+def pg():
+    """A real PostgreSQL server (Debian's binaries) for the module's tests; removed after them."""
+    from pg_server import PostgresServer
+    with PostgresServer() as server:
+        yield server
+
+
 def kill_sessions_of(data_dir: Path) -> None:
     """Kill single-user servers left running (keep-servers hubs): their HOME is in data_dir."""
     for proc in psutil.process_iter():

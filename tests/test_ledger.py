@@ -17,15 +17,8 @@ from fedhub.hub.ledger import (Ledger, LedgerError, load_public_key, record_hash
                                verify)
 from fedhub.hub.statedb import open_state_db
 from fedhub.hub.statedb.models import LedgerHeadRow, LedgerRecordRow as Row
-from pg_server import PostgresServer
 
 TAMPER_RESULTS: dict[str, bool] = {}
-
-
-@pytest.fixture(scope="module")
-def pg():
-    with PostgresServer() as server:
-        yield server
 
 
 @pytest.fixture(params=["sqlite", "postgresql"])

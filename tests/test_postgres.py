@@ -16,17 +16,10 @@ import requests
 from conftest import fedhub_env
 from fedhub.hub.federation import example_app
 from inference_models import sklearn_digits_model
-from pg_server import PostgresServer
 
 pytestmark = pytest.mark.hub
 
 CATALOGUE = "sites:\n  - {name: here, kind: local, cpus: 4, memory: 8G}\n"
-
-
-@pytest.fixture(scope="module")
-def pg():
-    with PostgresServer() as server:
-        yield server
 
 
 def mlflow_ready(url: str, token: str, timeout: float = 150) -> None:

@@ -23,15 +23,8 @@ from fedhub.hub.ledger import (GENESIS, HASHED_FIELDS, Ledger, head_digest, key_
 from fedhub.hub.statedb import (StateDB, StateDBError, current_revision, head_revision, open_state_db,
                                 state_db_url, upgrade_to_head)
 from fedhub.hub.statedb.legacy import import_legacy_files
-from pg_server import PostgresServer
 
 OFFERS = {"local-a": SiteOffer("local-a", "local", True, "", {})}
-
-
-@pytest.fixture(scope="module")
-def pg():
-    with PostgresServer() as server:
-        yield server
 
 
 @pytest.fixture(params=["sqlite", "postgresql"])

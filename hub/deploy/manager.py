@@ -217,8 +217,7 @@ class DeploymentManager:
         if not self.settings.get("mlflow_url"):
             raise DeployError(409, "This hub runs without MLflow (--no-mlflow): there is no model to deploy from")
         try:
-            info = await asyncio.get_running_loop().run_in_executor(
-                self.executor, model_source.inspect, self.settings["mlflow_url"], token, uri)
+            info = await self._in_thread(model_source.inspect, self.settings["mlflow_url"], token, uri)
         except model_source.ModelSourceError as e:
             raise DeployError(e.status, e.message) from None
         return {**info, "uri": uri}
@@ -258,11 +257,15 @@ class DeploymentManager:
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
 
+    def _in_thread(self, func, *args):
+        """Await `func(*args)` run in the manager's worker threads (blocking file, S3, MLflow work)."""
+        return asyncio.get_running_loop().run_in_executor(self.executor, func, *args)
+
     async def _step(self, record: dict, step: str, func, *args):
         """Run one blocking step in a worker thread, with its events; StepFailed on any error."""
         await self._event(record, step, "running")
         try:
-            result = await asyncio.get_running_loop().run_in_executor(self.executor, func, *args)
+            result = await self._in_thread(func, *args)
         except StepFailed:
             raise
         except model_source.ModelSourceError as e:
@@ -337,8 +340,7 @@ class DeploymentManager:
         if record["kind"] == "embedded":
             # the files of a failed version never serve, not even after a restart
             try:
-                await asyncio.get_running_loop().run_in_executor(
-                    self.executor, self.repository.discard_version, record["model_name"], version)
+                await self._in_thread(self.repository.discard_version, record["model_name"], version)
             except Exception as err:
                 log.warning("deployment %s: version %s not removed from %s: %s", record["id"], version,
                             self.repository, err)
@@ -386,8 +388,7 @@ class DeploymentManager:
 
     async def _restore_embedded(self, record: dict) -> None:
         try:
-            await asyncio.get_running_loop().run_in_executor(
-                self.executor, self.repository.select, record["model_name"], record["current_version"])
+            await self._in_thread(self.repository.select, record["model_name"], record["current_version"])
             await self._server("POST", f"v2/repository/models/{record['model_name']}/load")
         except Exception:
             log.exception("deployment %s: could not restore version %s", record["id"], record["current_version"])
@@ -409,7 +410,7 @@ class DeploymentManager:
         confirmed by the server (which loads its repository when it starts)."""
         if self.settings.get("mlflow_url"):
             # the first deploy would otherwise pay for importing mlflow and the converters
-            asyncio.get_running_loop().run_in_executor(self.executor, targets.warm_up)
+            self._in_thread(targets.warm_up)
         for record in list(self.records.values()):
             if record["status"] in ACTIVE:
                 record["pending_version"] = None
@@ -444,7 +445,7 @@ class DeploymentManager:
             remove = (self.repository.remove, record["model_name"]) if record["kind"] == "embedded" else \
                 (targets.remove_site, self.store.artifact_dir(deployment_id), record["model_name"])
             try:
-                await asyncio.get_running_loop().run_in_executor(self.executor, *remove)
+                await self._in_thread(*remove)
             except Exception as e:  # e.g. the S3 store does not answer: say so, keep the record to retry
                 record.update(status="failed", error=f"undeploy: {e}")
                 await self._event(record, "undeploy", "failed", str(e))

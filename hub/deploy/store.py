@@ -42,9 +42,7 @@ class DeploymentStore:
 
     def save(self, record: dict) -> None:
         with self.db.writing() as s:
-            s.merge(DeploymentRow(id=record["id"], owner=str(record.get("owner", "")),
-                                  status=str(record.get("status", "")), created=float(record.get("created") or 0),
-                                  document=record))
+            s.merge(DeploymentRow.of(record))
 
     def delete(self, deployment_id: str) -> None:
         with self.db.writing() as s:
@@ -65,4 +63,4 @@ class DeploymentStore:
         with self.db.writing() as s:
             s.execute(delete(EdgeDeviceRow).where(EdgeDeviceRow.id.not_in(list(devices))))
             for device_id, doc in devices.items():
-                s.merge(EdgeDeviceRow(id=device_id, owner=str(doc.get("owner", "")), document=doc))
+                s.merge(EdgeDeviceRow.of(device_id, doc))

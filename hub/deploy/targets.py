@@ -22,7 +22,7 @@ from pathlib import Path
 import numpy as np
 
 from .model_config import CONFIG_FILE, config_to_text, read_config
-from .s3repo import S3ModelRepository, is_s3_uri
+from .s3repo import S3ModelRepository, is_s3_uri, parse_s3_uri
 
 PROTOCOL_TO_NUMPY = {"BOOL": np.bool_, "UINT8": np.uint8, "UINT16": np.uint16, "UINT32": np.uint32,
                      "UINT64": np.uint64, "INT8": np.int8, "INT16": np.int16, "INT32": np.int32,
@@ -174,7 +174,6 @@ SITE_STORE_FILE = "s3-repository.json"
 
 def _site_store(uri: str, s3_endpoint: str, model_name: str) -> S3ModelRepository:
     """The site's own repository in S3: PREFIX/MODEL, holding MODEL/ (as k8s.py points Triton)."""
-    from .s3repo import parse_s3_uri
     environ = {**os.environ, "FEDHUB_S3_ENDPOINT_URL": s3_endpoint} if s3_endpoint else None
     return S3ModelRepository(parse_s3_uri(uri, environ).child(model_name))
 

@@ -37,9 +37,8 @@ class JobStore:
         return self.root / job_id
 
     def save(self, job: Job) -> None:
-        doc = job.to_dict()
         with self.db.writing() as s:
-            s.merge(JobRow(id=job.id, owner=job.owner, state=job.state, created=float(job.created), document=doc))
+            s.merge(JobRow.of(job.to_dict()))
 
     def load_all(self) -> list[Job]:
         """Every job, oldest first."""

@@ -32,12 +32,13 @@ def main(argv=None) -> int:
     args = parser.parse_args(argv)
 
     from . import StateDB, StateDBError, current_revision, head_revision, state_db_url
+    from .db import failure_reason, sqlite_url
     from .legacy import import_legacy_files
     from .migrate import upgrade_to_head
     state = Path(args.data_dir).resolve() / "state"
     try:
         url = state_db_url(state, args.state_db_url or _settings_url(Path(args.data_dir).resolve())
-                           or f"sqlite:///{state / 'fedhub-state.sqlite'}")
+                           or sqlite_url(state))
         db = StateDB(url)
         shown = db.engine.url.render_as_string(hide_password=True)
         before = current_revision(db)
@@ -55,6 +56,6 @@ def main(argv=None) -> int:
         print(f"fedhub db upgrade: {e}", file=sys.stderr)
         return 2
     except Exception as e:  # an unreachable server, a refused login
-        print(f"fedhub db upgrade: {type(e).__name__}: {str(e).strip()[:500]}", file=sys.stderr)
+        print(f"fedhub db upgrade: {failure_reason(e)}", file=sys.stderr)
         return 2
     return 0

@@ -39,15 +39,23 @@ def sqlalchemy_url(url: str) -> str:
     return url
 
 
+URL_SCHEMES = ("sqlite:", "postgresql", "postgres:")  # what a state database URL may start with
+
+
+def sqlite_url(state_dir: str | Path) -> str:
+    """The embedded default: SQLite in the state dir."""
+    return f"sqlite:///{Path(state_dir).resolve() / SQLITE_NAME}"
+
+
 def state_db_url(state_dir: str | Path, url: str | None = None) -> str:
     """The URL to use: `url`, else $FEDHUB_STATE_DB_URL, else SQLite in the state dir."""
     url = url or os.environ.get(URL_ENV, "")
     if not url:
-        return f"sqlite:///{Path(state_dir).resolve() / SQLITE_NAME}"
+        return sqlite_url(state_dir)
     if urlsplit(url).password:
         raise StateDBError("state database URL: holds a password; give it without one and set "
                            "$PGPASSWORD (or ~/.pgpass) in the environment instead")
-    if not url.startswith(("sqlite:", "postgresql", "postgres:")):
+    if not url.startswith(URL_SCHEMES):
         raise StateDBError(f"state database URL: expected sqlite:///<file> or postgresql://user@host:port/db, "
                            f"got {url.split(':', 1)[0]}:...")
     return sqlalchemy_url(url)
@@ -125,6 +133,14 @@ class StateDB:
         return f"StateDB({self.engine.url.render_as_string(hide_password=True)})"
 
 
+def failure_reason(exc: BaseException) -> str:
+    """Why the database could not be used, on one line: the driver's own words (SQLAlchemy's
+    wrapper adds links and the statement), at most 500 characters."""
+    cause = getattr(exc, "orig", None) or exc
+    reason = " ".join(line.strip() for line in str(cause).splitlines() if line.strip())[:500]
+    return f"{type(cause).__name__}: {reason}"
+
+
 _lock = threading.Lock()
 _dbs: dict[str, StateDB] = {}
 _prepared: set[tuple[str, str]] = set()
@@ -157,9 +173,7 @@ def open_state_db(state_dir: str | Path, url: str | None = None) -> StateDB:
             except StateDBError:
                 raise
             except Exception as e:  # an unreachable server, a refused login, a broken file
-                cause = getattr(e, "orig", None) or e  # the driver's own words, without SQLAlchemy's links
-                reason = " ".join(line.strip() for line in str(cause).splitlines() if line.strip())[:500]
                 raise StateDBError(f"state database {db.engine.url.render_as_string(hide_password=True)}: "
-                                   f"{type(cause).__name__}: {reason}") from e
+                                   f"{failure_reason(e)}") from e
             _prepared.add(key)
     return db

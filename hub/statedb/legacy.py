@@ -20,11 +20,11 @@ from pathlib import Path
 
 from sqlalchemy import func, select
 
+from ..ledger import RECORD_FIELDS
 from .models import DeploymentRow, EdgeDeviceRow, JobEventRow, JobRow, LedgerHeadRow, LedgerRecordRow
 
 log = logging.getLogger("fedhub.statedb")
 SUFFIX = ".imported"
-LEDGER_FIELDS = ("seq", "time", "kind", "subject", "who", "body", "parents", "prev", "key_id", "hash", "sig")
 
 
 def _json(path: Path):
@@ -34,7 +34,9 @@ def _json(path: Path):
         return None
 
 
-def _jsonl(path: Path) -> list:
+def _jsonl(path: Path, stop_at_damage: bool) -> list:
+    """The parseable lines. `stop_at_damage`: a broken line ends the log (a line cut short by
+    a crash ended the old event logs); else it is skipped (the ledger: verify() reports the gap)."""
     out = []
     for line in path.read_text().splitlines():
         if not line.strip():
@@ -42,12 +44,9 @@ def _jsonl(path: Path) -> list:
         try:
             out.append(json.loads(line))
         except ValueError:
-            break  # a line cut short by a crash ended the old log
+            if stop_at_damage:
+                break
     return out
-
-
-def _number(value) -> float:
-    return float(value) if isinstance(value, (int, float)) and not isinstance(value, bool) else 0.0
 
 
 def legacy_files(state_dir: str | Path) -> list[Path]:
@@ -71,15 +70,14 @@ def import_legacy_files(db, state_dir: str | Path) -> dict[str, int]:
             doc = _json(path)
             if isinstance(doc, dict) and doc.get("id") == path.parent.name:
                 if s.get(JobRow, doc["id"]) is None:
-                    s.add(JobRow(id=doc["id"], owner=str(doc.get("owner", "")), state=str(doc.get("state", "")),
-                                 created=_number(doc.get("created")), document=doc))
+                    s.add(JobRow.of(doc))
                     counts["jobs"] += 1
                 done.append(path)
         for path in (p for p in files if p.name == "events.jsonl"):
             job_id = path.parent.name
             have = s.scalar(select(func.count()).select_from(JobEventRow).where(JobEventRow.job_id == job_id))
             if not have:
-                for i, ev in enumerate(e for e in _jsonl(path) if isinstance(e, dict)):
+                for i, ev in enumerate(e for e in _jsonl(path, stop_at_damage=True) if isinstance(e, dict)):
                     s.add(JobEventRow(job_id=job_id, seq=i + 1, document={**ev, "seq": i + 1}))
                     counts["events"] += 1
             done.append(path)
@@ -87,9 +85,7 @@ def import_legacy_files(db, state_dir: str | Path) -> dict[str, int]:
             doc = _json(path)
             if isinstance(doc, dict) and doc.get("id") == path.stem:
                 if s.get(DeploymentRow, doc["id"]) is None:
-                    s.add(DeploymentRow(id=doc["id"], owner=str(doc.get("owner", "")),
-                                        status=str(doc.get("status", "")), created=_number(doc.get("created")),
-                                        document=doc))
+                    s.add(DeploymentRow.of(doc))
                     counts["deployments"] += 1
                 done.append(path)
         devices_file = d / "edge" / "devices.json"
@@ -97,7 +93,7 @@ def import_legacy_files(db, state_dir: str | Path) -> dict[str, int]:
             devices = _json(devices_file)
             for device_id, doc in (devices.items() if isinstance(devices, dict) else ()):
                 if isinstance(doc, dict) and s.get(EdgeDeviceRow, device_id) is None:
-                    s.add(EdgeDeviceRow(id=device_id, owner=str(doc.get("owner", "")), document=doc))
+                    s.add(EdgeDeviceRow.of(device_id, doc))
                     counts["devices"] += 1
             done.append(devices_file)
         counts["ledger"] = _import_ledger(s, d, files, done)
@@ -112,7 +108,7 @@ def _import_ledger(s, d: Path, files: list[Path], done: list[Path]) -> int:
     ledger_file, head_file = d / "ledger.jsonl", d / "ledger-head.json"
     if ledger_file not in files:
         return 0
-    records = [r for r in _jsonl_all(ledger_file) if isinstance(r, dict)]
+    records = [r for r in _jsonl(ledger_file, stop_at_damage=False) if isinstance(r, dict)]
     existing = s.scalar(select(func.count()).select_from(LedgerRecordRow))
     if existing:
         known = set(s.scalars(select(LedgerRecordRow.hash)))
@@ -145,15 +141,4 @@ def _ledger_row(rec: dict) -> LedgerRecordRow | None:
              "parents": list, "prev": str, "key_id": str, "hash": str, "sig": str}
     if any(not isinstance(rec.get(k), t) or isinstance(rec.get(k), bool) for k, t in types.items()):
         return None
-    return LedgerRecordRow(**{k: rec[k] for k in LEDGER_FIELDS})
-
-
-def _jsonl_all(path: Path) -> list:
-    """Every parseable line (a broken line in the middle is skipped: verify() reports the gap)."""
-    out = []
-    for line in path.read_text().splitlines():
-        try:
-            out.append(json.loads(line))
-        except ValueError:
-            continue
-    return out
+    return LedgerRecordRow(**{k: rec[k] for k in RECORD_FIELDS})

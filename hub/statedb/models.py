@@ -19,6 +19,11 @@ class Base(DeclarativeBase):
     pass
 
 
+def _number(value) -> float:
+    """A document's `created` as a column value (0 when it is missing or not a number)."""
+    return float(value) if isinstance(value, (int, float)) and not isinstance(value, bool) else 0.0
+
+
 class JobRow(Base):
     """One federated job (fedhub.hub.federation.jobs.Job.to_dict() in `document`)."""
 
@@ -28,6 +33,12 @@ class JobRow(Base):
     state: Mapped[str] = mapped_column(String(32), index=True)      # 0002
     created: Mapped[float] = mapped_column(Double, index=True)      # 0002
     document: Mapped[dict] = mapped_column(JSON)
+
+    @classmethod
+    def of(cls, doc: dict) -> "JobRow":
+        """The row of a job document, its queried fields copied into their columns."""
+        return cls(id=doc["id"], owner=str(doc.get("owner", "")), state=str(doc.get("state", "")),
+                   created=_number(doc.get("created")), document=doc)
 
 
 class JobEventRow(Base):
@@ -49,6 +60,12 @@ class DeploymentRow(Base):
     created: Mapped[float] = mapped_column(Double, index=True)      # 0002
     document: Mapped[dict] = mapped_column(JSON)
 
+    @classmethod
+    def of(cls, doc: dict) -> "DeploymentRow":
+        """The row of a deployment record, its queried fields copied into their columns."""
+        return cls(id=doc["id"], owner=str(doc.get("owner", "")), status=str(doc.get("status", "")),
+                   created=_number(doc.get("created")), document=doc)
+
 
 class EdgeDeviceRow(Base):
     """One registered edge device and what it last reported."""
@@ -57,6 +74,10 @@ class EdgeDeviceRow(Base):
     id: Mapped[str] = mapped_column(String(255), primary_key=True)
     owner: Mapped[str] = mapped_column(String(255), index=True)
     document: Mapped[dict] = mapped_column(JSON)
+
+    @classmethod
+    def of(cls, device_id: str, doc: dict) -> "EdgeDeviceRow":
+        return cls(id=device_id, owner=str(doc.get("owner", "")), document=doc)
 
 
 class LedgerRecordRow(Base):

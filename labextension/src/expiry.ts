@@ -9,7 +9,7 @@
  */
 import { JupyterFrontEnd, JupyterFrontEndPlugin } from '@jupyterlab/application';
 
-import { call } from './jobsApi';
+import { call } from './api';
 
 export interface ITimeLimits {
   default_hours: number;

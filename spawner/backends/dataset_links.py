@@ -52,3 +52,9 @@ def session_command(cmd: list[str], datasets: Mapping[str, str]) -> list[str]:
     """`cmd` run by /bin/sh after the link script (exec: the server keeps the shell's pid)."""
     script = link_script(datasets, '"$HOME"/' + LINKS_FOLDER) + 'exec "$@"'
     return ["/bin/sh", "-c", script, "fedhub-session", *cmd]
+
+
+def link_overrides(datasets: Mapping) -> dict:
+    """The spawner trait value (`dataset_links`) for granted datasets (name -> DatasetLocation):
+    what the local and Slurm backends give a session."""
+    return {"dataset_links": {name: loc.path for name, loc in datasets.items()}}

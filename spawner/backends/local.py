@@ -14,7 +14,7 @@ from traitlets import Dict, Unicode
 
 from ..inventory import Node, SiteInventory
 from .base import SiteBackend
-from .dataset_links import session_command
+from .dataset_links import link_overrides, session_command
 
 
 class LocalSiteSpawner(SimpleLocalProcessSpawner):
@@ -77,4 +77,4 @@ class LocalBackend(SiteBackend):
         }
 
     def dataset_overrides(self, datasets):
-        return {"dataset_links": {name: loc.path for name, loc in datasets.items()}}
+        return link_overrides(datasets)

@@ -32,7 +32,7 @@ from traitlets import Dict, Unicode, default
 
 from ..inventory import Allocation, Node, SiteInventory
 from .base import SiteBackend, SiteOptionError
-from .dataset_links import LINKS_FOLDER, link_script
+from .dataset_links import LINKS_FOLDER, link_overrides, link_script
 
 REST_OPTIONS = {"rest_url", "rest_user", "jwt_file", "jwt_env"}
 OPTIONS = {"slurm_conf", "partition", "account", "qos", "runtime", "hosts", "poll_interval",
@@ -445,4 +445,4 @@ class SlurmBackend(SiteBackend):
         }
 
     def dataset_overrides(self, datasets):
-        return {"dataset_links": {name: loc.path for name, loc in datasets.items()}}
+        return link_overrides(datasets)
