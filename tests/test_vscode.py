@@ -143,13 +143,21 @@ def test_browser_opens_vscode_with_editor_and_terminal(hub_factory):
             expect(page.locator(".terminal-wrapper .xterm, .xterm").first).to_be_visible(timeout=60_000)
             # the terminal runs in the session, with the fedhub CLI on PATH
             home = Path(hub.session_env("vs-bea")["HOME"])
-            deadline = time.monotonic() + 60
+            # Typed again only if the shell was not ready for the first keystrokes; the Python
+            # start of `fedhub` takes seconds on a loaded machine, so retyping sooner would queue
+            # copies behind the first one that are still running when the test types `sleep`.
+            deadline = time.monotonic() + 90
             while time.monotonic() < deadline and not (home / "cli.txt").exists():
                 page.locator(".xterm").first.click()
                 page.keyboard.type("fedhub --help > ~/cli.tmp 2>&1; mv ~/cli.tmp ~/cli.txt\n")
-                time.sleep(3)
+                retype_at = time.monotonic() + 20
+                while time.monotonic() < min(retype_at, deadline) and not (home / "cli.txt").exists():
+                    time.sleep(0.5)
             assert "usage: fedhub" in (home / "cli.txt").read_text()
             page.screenshot(path=str(SHOTS / "vscode-session.png"))
+            # every typed command has finished: the shell is back at its prompt
+            activity = wait_for_activity(hub, token, lambda a: a["terminal_processes"] == 0, timeout=90)
+            assert activity["terminal_processes"] == 0, activity
 
             # a long command in code-server's terminal makes the session busy: the culler spares it
             page.keyboard.type("sleep 600\n")
