@@ -68,7 +68,12 @@ def test_usage_matches_real_sessions(hub_factory):
         hub.wait_ready(user)
         t1 = time.time()
         seen[user] = [t0, t1]
-    time.sleep(3)  # the API service polls the snapshot every 2 s
+    # the API service polls the hub's snapshot every 2 s: wait until it has seen both sessions
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        if len(hub.fedhub_api("/usage", toks["acc-boss"]).json()["intervals"]) == 2:
+            break
+        time.sleep(0.5)
     for user in seen:
         t2 = time.time()
         hub.stop_server(user)
