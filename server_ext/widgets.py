@@ -14,7 +14,7 @@ import html
 import ipywidgets as w
 
 from . import client
-from .tracking import Tracking, run_to_dict
+from .tracking import Tracking
 
 
 class ExperimentsWidget(w.VBox):

@@ -8,7 +8,7 @@ at a handful of buckets instead of every node.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Iterable, Iterator
 
 NO_GPU = ""  # bucket key for "this node, ignoring GPUs"

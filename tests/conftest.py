@@ -31,6 +31,17 @@ c.JupyterHub.load_roles.append({{"name": "tests", "services": ["tests"],
 """
 
 
+def wait_for(predicate, timeout=60, interval=0.5, what="condition"):
+    """predicate()'s first true value, polled every `interval` s; AssertionError after `timeout` s."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(interval)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))

@@ -9,6 +9,7 @@ import time
 
 import pytest
 
+from conftest import wait_for
 from fedhub.hub.accounting import Interval, UsageBook, UsageRecorder, summarise
 
 
@@ -69,11 +70,8 @@ def test_usage_matches_real_sessions(hub_factory):
         t1 = time.time()
         seen[user] = [t0, t1]
     # the API service polls the hub's snapshot every 2 s: wait until it has seen both sessions
-    deadline = time.monotonic() + 30
-    while time.monotonic() < deadline:
-        if len(hub.fedhub_api("/usage", toks["acc-boss"]).json()["intervals"]) == 2:
-            break
-        time.sleep(0.5)
+    wait_for(lambda: len(hub.fedhub_api("/usage", toks["acc-boss"]).json()["intervals"]) == 2,
+             timeout=30, what="both sessions in /usage")
     for user in seen:
         t2 = time.time()
         hub.stop_server(user)

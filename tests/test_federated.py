@@ -13,13 +13,13 @@ import signal
 import subprocess
 import sys
 import threading
-import time
 from pathlib import Path
 
 import psutil
 import pytest
 import requests
 
+from conftest import wait_for
 from fedhub.hub.federation import example_app
 from slurm_cluster import SlurmCluster
 
@@ -73,16 +73,6 @@ def hub(module_hub_factory, cluster):
     site_datasets(h.data_dir)
     h.start(timeout=120)
     return h
-
-
-def wait_for(predicate, timeout=60, interval=0.5, what="condition"):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(interval)
-    raise AssertionError(f"timed out waiting for {what}")
 
 
 def user_with_app(hub, name: str) -> str:

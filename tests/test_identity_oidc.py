@@ -9,7 +9,6 @@ import json
 import re
 
 import pytest
-import requests
 import yaml
 
 from oidc.harness import OIDCProvider, oidc_login

@@ -1,7 +1,6 @@
 """`fedhub up` as a user runs it: start-up validation, Ctrl-C, restart with running
 sessions, a data dir that survives, MLflow behind the hub's login."""
 
-import os
 import subprocess
 import sys
 import time

@@ -2,7 +2,6 @@
 standalone mode against a real MLflow store. Contract: docs/session-api.md."""
 
 import json
-import urllib.parse
 
 import pytest
 from tornado.httpclient import HTTPClientError

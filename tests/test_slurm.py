@@ -3,12 +3,12 @@ GPUs through GRES), sessions as real batch jobs running jupyterhub-singleuser.""
 
 import json
 import threading
-import time
 
 import psutil
 import pytest
 import requests
 
+from conftest import wait_for
 from slurm_cluster import SlurmCluster
 
 pytestmark = pytest.mark.hub
@@ -47,16 +47,6 @@ def hub(module_hub_factory, clusters):
         "datasets": [{"name": "digits", "locations": [{"site": "hpc-a", "path": str(h.data_dir / "scratch" / "digits")}],
                       "policy": {"allowed_groups": ["*"], "purposes": ["interactive"]}}]}))
     return h.start()
-
-
-def wait_for(predicate, timeout=60, interval=0.5, what="condition"):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(interval)
-    raise AssertionError(f"timed out waiting for {what}")
 
 
 def sites(hub, token):

@@ -23,7 +23,8 @@ from fedhub.spawner.federation import Federation
 from fedhub.spawner.inventory import Allocation
 from fedhub.spawner.placement import SessionRequest
 from slurm_cluster import SlurmCluster
-from test_slurm import job_env, sites, wait_for
+from conftest import wait_for
+from test_slurm import job_env, sites
 
 RECORDED = Path(__file__).parent / "data" / "slurmrestd"
 

@@ -4,7 +4,7 @@ import jinja2
 import pytest
 
 from fedhub.hub.catalogue import CatalogueError, catalogue_from_dict
-from fedhub.spawner.backends.slurm import BATCH_SCRIPT, SlurmBackend, parse_gres, parse_sinfo, pending_reason
+from fedhub.spawner.backends.slurm import BATCH_SCRIPT, parse_gres, parse_sinfo, pending_reason
 from fedhub.spawner.federation import Federation
 from fedhub.spawner.inventory import Allocation
 from fedhub.spawner.placement import SessionRequest

@@ -178,8 +178,8 @@ def validate_request(body, home: Path, offers: dict[str, SiteOffer]) -> JobSpec:
     from .flower import app_config_keys
     app_keys = app_config_keys(app)
     if strategy != "fedavg" and "strategy" not in app_keys:
-        raise JobError(400, f"strategy: this app picks its own strategy (it declares no 'strategy' key in "
-                            f"[tool.flwr.app.config]); leave strategy as fedavg or add that key")
+        raise JobError(400, "strategy: this app picks its own strategy (it declares no 'strategy' key in "
+                            "[tool.flwr.app.config]); leave strategy as fedavg or add that key")
     run_config = body.get("run_config") or {}
     if not isinstance(run_config, dict):
         raise JobError(400, f"run_config: expected a mapping of the app's config keys, got {run_config!r}")
